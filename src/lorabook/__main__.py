@@ -1,0 +1,3 @@
+from lorabook.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""Configuration: one frozen dataclass, named presets and YAML overrides.
+
+Every stage takes a `Config`. Presets: `default` (the CPU report), `tiny`
+(tests and CI: a tiny random model, seconds), `full` (all data, for a GPU).
+The book prints the config it ran with (chapter 3) and its hash (appendix).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUNDLED_MODEL = "bundled:SmolLM2-135M-Instruct"
+TINY_MODEL = "tiny-random"
+
+
+class LorabookError(ValueError):
+    """A mistake a user can make and fix (bad path, columns, settings).
+
+    The CLI prints it as `error: ...` and exits 2 without a traceback.
+    """
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = "default"
+    # --- data -------------------------------------------------------------
+    data_path: str = "data/sotu_passages.jsonl"
+    text_column: str | None = None      # set for single-text-column data
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    group_column: str | None = "address"  # split is grouped by this column
+    min_samples: int = 1000               # the assignment's floor
+    # Sizes of the seeded subset per split; None means "all of the split".
+    n_train: int | None = 1200
+    n_val: int | None = 200
+    n_test: int | None = 200
+    val_fraction: float = 0.1             # share of groups per split
+    test_fraction: float = 0.1
+    seed: int = 42
+    max_length: int = 128
+    padding: str = "longest"              # or "max_length" (assignment)
+    # --- model ------------------------------------------------------------
+    model_name: str = BUNDLED_MODEL
+    load_in_8bit: bool = True
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    target_modules: tuple[str, ...] | None = None  # None: chosen per family
+    # --- training ---------------------------------------------------------
+    epochs: int = 3
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    logging_steps: int = 10
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    output_dir: str = "runs/default"
+    # --- evaluation -------------------------------------------------------
+    eval_batch_size: int = 16
+    gen_max_new_tokens: int = 64
+    n_generation_prompts: int = 8         # held-out prompts from the test split
+    bootstrap_samples: int = 1000
+
+    def __post_init__(self):
+        validate(self)
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if d["target_modules"] is not None:
+            d["target_modules"] = list(d["target_modules"])
+        return d
+
+    def hash(self, fields: tuple[str, ...] | None = None) -> str:
+        """Short stable hash of (some) fields; keys caches and run dirs."""
+        d = self.to_dict()
+        if fields is not None:
+            d = {k: d[k] for k in fields}
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def resolve(self, path: str) -> Path:
+        """A path of the config, relative to the repository root."""
+        p = Path(path)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+
+PRESETS: dict[str, dict] = {
+    "default": {},
+    # Tests and CI: a tiny random Llama, small splits, one short epoch run.
+    "tiny": dict(
+        model_name=TINY_MODEL, load_in_8bit=True, n_train=48, n_val=16,
+        n_test=16, min_samples=100, epochs=3, batch_size=8,
+        learning_rate=2e-3, logging_steps=2, output_dir="runs/tiny",
+        gen_max_new_tokens=12, n_generation_prompts=3,
+        bootstrap_samples=100, max_length=96,
+    ),
+    # A GPU run over the whole corpus.
+    "full": dict(n_train=None, n_val=None, n_test=None, output_dir="runs/full",
+                 eval_batch_size=32, logging_steps=50),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Reject invalid settings before any work starts."""
+    problems = []
+    if cfg.preset not in PRESETS:
+        problems.append(f"preset must be one of {sorted(PRESETS)}")
+    if cfg.padding not in ("longest", "max_length"):
+        problems.append("padding must be 'longest' or 'max_length'")
+    for name in ("epochs", "batch_size", "lora_r", "lora_alpha",
+                 "max_length", "eval_batch_size", "logging_steps",
+                 "gen_max_new_tokens", "min_samples"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            problems.append(f"{name} must be a positive integer, got {v!r}")
+    for name in ("n_train", "n_val", "n_test"):
+        v = getattr(cfg, name)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            problems.append(f"{name} must be a positive integer or null")
+    if not (0 <= cfg.lora_dropout < 1):
+        problems.append(f"lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
+    if not (0 < cfg.learning_rate < 1):
+        problems.append(f"learning_rate must be in (0, 1), got {cfg.learning_rate}")
+    if not (0 <= cfg.warmup_ratio < 1):
+        problems.append("warmup_ratio must be in [0, 1)")
+    if cfg.weight_decay < 0:
+        problems.append("weight_decay must be >= 0")
+    if not (0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1
+            and cfg.val_fraction + cfg.test_fraction < 1):
+        problems.append("val_fraction and test_fraction must be in (0, 1) "
+                        "and sum to less than 1")
+    if cfg.max_length < 8:
+        problems.append("max_length must be at least 8 tokens")
+    if problems:
+        raise LorabookError("invalid configuration: " + "; ".join(problems))
+
+
+def load_config(preset: str | None = None, path: str | os.PathLike | None = None,
+                **overrides) -> Config:
+    """Build a Config from a preset, an optional YAML file and overrides.
+
+    The preset defaults to $LORABOOK_PRESET or "default", so that
+    `LORABOOK_PRESET=tiny jupyter-book build book` builds the whole book fast.
+    """
+    data: dict = {}
+    if path is not None:
+        import yaml
+        p = Path(path)
+        if not p.is_file():
+            raise LorabookError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise LorabookError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise LorabookError(f"config file {p} must hold a mapping of fields")
+    preset = preset or data.pop("preset", None) or os.environ.get(
+        "LORABOOK_PRESET", "default")
+    data.pop("preset", None)
+    if preset not in PRESETS:
+        raise LorabookError(
+            f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[preset], **data,
+              **{k: v for k, v in overrides.items() if v is not None}}
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise LorabookError(f"unknown config field(s): {', '.join(unknown)}")
+    if isinstance(values.get("target_modules"), list):
+        values["target_modules"] = tuple(values["target_modules"])
+    try:
+        return Config(preset=preset, **values)
+    except TypeError as e:
+        raise LorabookError(f"invalid configuration: {e}") from None
