@@ -1,0 +1,144 @@
+"""Text metrics (lorabook.metrics) against hand-computed values."""
+import random
+
+import pytest
+
+from lorabook import metrics as M
+from lorabook.config import LorabookError
+
+
+def test_words_lowercases_and_strips_punctuation():
+    assert M.words("The Nation's  war—and PEACE!") == [
+        "the", "nations", "war", "and", "peace"]
+    assert M.words("") == []
+
+
+def test_rouge_l_identical_and_disjoint():
+    text = "the state of the union is strong"
+    assert M.rouge_l([text], [text]) == pytest.approx(1.0)
+    assert M.rouge_l(["alpha beta gamma"], ["delta epsilon"]) == 0.0
+    # mean over samples: one perfect, one disjoint
+    assert M.rouge_l([text, "alpha"], [text, "omega"]) == pytest.approx(0.5)
+
+
+def test_rouge_l_hand_example():
+    # LCS("a b c d", "a c d e") = "a c d": P = R = 3/4, F1 = 3/4
+    assert M.rouge_l(["a b c d"], ["a c d e"]) == pytest.approx(0.75)
+
+
+def test_bleu_identical_is_100_and_empty_is_0():
+    text = "we the people of the united states in order to form"
+    assert M.bleu([text], [text]) == pytest.approx(100.0)
+    assert M.bleu([""], [text]) == 0.0
+
+
+def test_distinct_n_hand_example():
+    assert M.distinct_n(["a b a b"], 1) == pytest.approx(0.5)
+    assert M.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    # n-grams do not span texts: "a b" + "b a" -> {ab, ba}, 2 of 2
+    assert M.distinct_n(["a b", "b a"], 2) == 1.0
+    assert M.distinct_n(["", "x"], 2) == 0.0
+
+
+def test_repeated_ngram_rate_hand_example():
+    # 3-grams: abc bca cab abc bca -> the last two were seen: 2/5
+    assert M.repeated_ngram_rate("a b c a b c a") == pytest.approx(0.4)
+    assert M.repeated_ngram_rate("one two three four") == 0.0
+    assert M.repeated_ngram_rate("") == 0.0
+    assert M.mean_repeated_ngram_rate(
+        ["a b c a b c a", "x y z"]) == pytest.approx(0.2)
+
+
+def test_mean_length_words():
+    assert M.mean_length_words(["one two, three.", ""]) == 1.5
+
+
+def _random_texts(rng, n, length=50):
+    vocab = [f"w{i}" for i in range(2000)]
+    return [" ".join(rng.choice(vocab) for _ in range(length))
+            for _ in range(n)]
+
+
+def test_longest_overlap_finds_planted_copy():
+    rng = random.Random(0)
+    train = _random_texts(rng, 300)
+    index = M.build_overlap_index(train)
+    planted = " ".join(train[42].split()[5:20])            # 15 words
+    generation = f"Fellow citizens, {planted}. Thank you."
+    assert M.longest_overlap(generation, index) == 15
+    match = index.match(generation)
+    assert match.train_index == 42 and match.span == planted
+    unrelated = "fellow citizens of the senate and house of representatives"
+    assert M.longest_overlap(unrelated, index) <= 2
+    assert M.longest_overlap("", index) == 0
+    assert M.flag_copies([generation, unrelated, ""], index) == [
+        True, False, False]
+
+
+def test_longest_overlap_exact_below_ngram_size_and_within_one_text():
+    index = M.build_ngram_index(["a b c d e", "c d e f g"], n=8)
+    # "b c d e f" is in neither text as a whole; runs never cross texts
+    assert M.longest_overlap("b c d e f", index) == 4
+    assert M.longest_overlap("x c d y", index) == 2
+
+
+def test_period_of():
+    assert M.period_of(1790) == "1775\u20131799"
+    assert M.period_of(1800) == "1800\u20131824"
+    assert M.period_of(2024) == "2000\u20132024"
+
+
+def test_era_classifier_learns_distinctive_vocabulary():
+    rng = random.Random(0)
+    eras = {1790: ["congress", "indian", "militia", "treaty", "tariff"],
+            1860: ["rebellion", "slavery", "union", "emancipation", "war"],
+            1950: ["atomic", "soviet", "defense", "communism", "nuclear"],
+            2010: ["internet", "jobs", "terrorism", "climate", "health"]}
+    common = ["the", "of", "and", "we", "our", "nation", "people", "must"]
+
+    def sample(n_per_era):
+        texts, years = [], []
+        for year, vocab in eras.items():
+            for _ in range(n_per_era):
+                toks = [rng.choice(common) for _ in range(30)]
+                toks += [rng.choice(vocab) for _ in range(4)]
+                rng.shuffle(toks)
+                texts.append(" ".join(toks))
+                years.append(year + rng.randint(0, 9))
+        return texts, years
+
+    clf = M.train_era_classifier(*sample(30))
+    assert M.era_accuracy(clf, *sample(10)) >= 0.9
+    assert set(M.era_predict(clf, ["", "atomic soviet"])) <= {
+        M.period_of(y) for y in eras}
+
+
+def test_era_classifier_needs_two_periods():
+    with pytest.raises(LorabookError, match="at least 2 periods"):
+        M.train_era_classifier(["a b", "a c", "a d"], [1801, 1810, 1820])
+
+
+def test_summarize_generations_keys_and_values():
+    index = M.build_overlap_index(["the union is strong and free"])
+    out = M.summarize_generations(["the union is strong", ""],
+                                  ["the union is strong", "x"], index)
+    assert set(out) == {"rouge_l", "bleu", "distinct_1", "distinct_2",
+                        "repeated_3gram_rate", "mean_words", "max_overlap",
+                        "copies"}
+    assert out["max_overlap"] == 4 and out["copies"] == 0
+    assert out["rouge_l"] == pytest.approx(0.5)
+    assert out["mean_words"] == 2.0
+
+
+@pytest.mark.parametrize("call", [
+    lambda: M.rouge_l(["a", "b"], ["a"]),
+    lambda: M.bleu(["a"], ["a", "b"]),
+    lambda: M.era_accuracy(None, ["a"], [1800, 1900]),
+    lambda: M.train_era_classifier(["a", "b"], [1800]),
+    lambda: M.summarize_generations(["a"], [], M.build_overlap_index([])),
+    lambda: M.rouge_l([], []),
+    lambda: M.distinct_n(["a"], 0),
+])
+def test_bad_input_raises_lorabook_error(call):
+    with pytest.raises(LorabookError):
+        call()
