@@ -1,0 +1,297 @@
+"""Int8 weight storage for frozen linear layers, fast on the CPU.
+
+bitsandbytes' ``Linear8bitLt`` works on the CPU but casts activations to
+float16 and dequantizes through slow generic kernels on every matmul, so
+8-bit LoRA trains ~1.7x slower than plain bf16 autocast here. This module
+keeps the frozen weights in int8 (one fp32 absmax scale per output row, the
+weight half of LLM.int8()) and, inside ``forward``, dequantizes one layer at
+a time to bf16 and calls the ordinary (oneDNN/AMX) bf16 matmul. Dequantizing
+a 576x1536 matrix costs ~0.15 ms against ~0.5-1 ms for the matmul, so the
+layer runs at nearly unquantized-bf16 speed with a quarter of the fp32
+weight memory. The backward pass (input gradients only; weights are frozen)
+dequantizes again instead of keeping the bf16 copy alive until backward.
+
+An alternative ``mode="int8mm"`` quantizes activations per token and uses
+``torch._int_mm``; on this machine the eager quantize/rescale overhead makes it
+slower than the fp32 matmul and it adds activation-quantization error, so it
+is kept only to be measured (see benchmarks/bench_layers.py).
+
+Use::
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    quantize_model_8bit(model)                 # in place; lm_head/embeddings kept
+    model = get_peft_model(model, LoraConfig(target_modules=["q_proj", "v_proj"], ...))
+    with torch.autocast("cpu", dtype=torch.bfloat16):   # or Trainer(bf16=True)
+        loss = model(**batch).loss
+
+``Int8Linear`` subclasses ``nn.Linear`` so peft's LoRA dispatcher wraps it.
+Before ``merge_and_unload`` call ``dequantize_model`` (peft would otherwise add
+the LoRA delta into the int8 tensor).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "Int8Linear",
+    "quantize_model_8bit",
+    "dequantize_model",
+    "is_fast_bf16_cpu",
+    "default_compute_dtype",
+    "model_nbytes",
+]
+
+
+@functools.lru_cache(maxsize=None)
+def is_fast_bf16_cpu() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512_BF16 or AMX-BF16).
+
+    oneDNN "supports" bf16 on any AVX512BW CPU, but without these units it
+    emulates bf16 and is slower than fp32, so look at the CPU flags.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        flags = []
+    if not ({"avx512_bf16", "amx_bf16"} & set(flags)):
+        return False
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def default_compute_dtype() -> torch.dtype:
+    return torch.bfloat16 if is_fast_bf16_cpu() else torch.float32
+
+
+# Adapted from bitsandbytes `int8_vectorwise_quant` (LLM.int8(), Dettmers et
+# al. 2022, row-wise absmax): same formula, without the outlier-column split
+# (outliers only matter for *activation* quantization, which mode="dequant"
+# does not do) and with a guard against all-zero rows.
+def quantize_rowwise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W [out, in] float -> (int8 [out, in], fp32 scale [out]) with W ~ q * scale."""
+    w = weight.detach().float()
+    absmax = w.abs().amax(dim=1)
+    scale = (absmax / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_rowwise(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # Multiply in the compute dtype: one pass over a small matrix, no fp32 copy.
+    return q.to(dtype) * scale.to(dtype)[:, None]
+
+
+class _DequantLinear(torch.autograd.Function):
+    """y = x @ dequant(W)^T + b; backward recomputes dequant(W) for dx."""
+
+    @staticmethod
+    def forward(ctx, x, qweight, scale, bias, compute_dtype, out_dtype, save_dequantized):
+        w = dequantize_rowwise(qweight, scale, compute_dtype)
+        b = None if bias is None else bias.to(compute_dtype)
+        y = F.linear(x.to(compute_dtype), w, b)
+        ctx.x_dtype = x.dtype
+        ctx.compute_dtype = compute_dtype
+        ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        if save_dequantized:  # faster backward, but the bf16 copy lives until backward
+            ctx.save_for_backward(w, None)
+        else:
+            ctx.save_for_backward(qweight, scale)
+        return y.to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a, scale = ctx.saved_tensors
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            w = a if scale is None else dequantize_rowwise(a, scale, ctx.compute_dtype)
+            grad_x = torch.matmul(grad_out.to(ctx.compute_dtype), w).to(ctx.x_dtype)
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(ctx.bias_dtype)
+        return grad_x, None, None, grad_bias, None, None, None
+
+
+class _Int8MMLinear(torch.autograd.Function):
+    """Forward with dynamic per-token int8 activations and torch._int_mm.
+
+    Backward uses the dequantized weight in the compute dtype (quantizing
+    gradients would add more error). Measured slower than mode="dequant".
+    """
+
+    @staticmethod
+    def forward(ctx, x, qweight, scale, bias, compute_dtype, out_dtype, save_dequantized):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).float()
+        # Adapted from bitsandbytes `int8_vectorwise_quant` applied to the
+        # activations (row-wise = per token), threshold 0 (no outliers).
+        sx = (x2.abs().amax(dim=1, keepdim=True) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+        xq = torch.round(x2 / sx).clamp_(-127, 127).to(torch.int8)
+        m = xq.shape[0]
+        if m <= 16:  # _int_mm needs more than 16 rows
+            xq = F.pad(xq, (0, 0, 0, 17 - m))
+        acc = torch._int_mm(xq, qweight.t())[:m]
+        y = acc.float() * sx * scale[None, :]
+        if bias is not None:
+            y = y + bias.float()
+        ctx.x_dtype = x.dtype
+        ctx.compute_dtype = compute_dtype
+        ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(qweight, scale)
+        return y.reshape(*shape[:-1], -1).to(out_dtype)
+
+    backward = _DequantLinear.backward
+
+
+class Int8Linear(nn.Linear):
+    """Frozen ``nn.Linear`` with int8 row-wise-absmax weights.
+
+    ``weight``: int8 Parameter [out, in], requires_grad=False (an int tensor
+    cannot require grad, and peft/optimizers must never touch it).
+    ``weight_scale``: fp32 buffer [out]. ``bias``: kept in float, frozen.
+
+    compute_dtype: dtype of the matmul (default: bf16 on CPUs with native
+    bf16, else fp32). Under ``torch.autocast`` the autocast dtype wins and the
+    output is in that dtype, as for ``nn.Linear``; otherwise the output has
+    the input's dtype, so the rest of an fp32 model stays fp32.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device=None, compute_dtype: torch.dtype | None = None,
+                 mode: str = "dequant", save_dequantized: bool = False):
+        # Skip nn.Linear.__init__: it would allocate and init an fp32 weight.
+        nn.Module.__init__(self)
+        if mode not in ("dequant", "int8mm"):
+            raise ValueError(f"mode must be 'dequant' or 'int8mm', got {mode!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.compute_dtype = compute_dtype or default_compute_dtype()
+        self.mode = mode
+        self.save_dequantized = save_dequantized
+        self.weight = nn.Parameter(
+            torch.zeros(out_features, in_features, dtype=torch.int8, device=device),
+            requires_grad=False)
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> "Int8Linear":
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                  device=linear.weight.device, **kwargs)
+        new.set_weight(linear.weight)
+        if linear.bias is not None:
+            new.bias.data = linear.bias.detach().clone()
+        return new
+
+    @torch.no_grad()
+    def set_weight(self, weight: torch.Tensor) -> None:
+        q, s = quantize_rowwise(weight)
+        self.weight.data = q.to(self.weight.device)
+        self.weight_scale = s.to(self.weight.device)
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's kaiming init cannot run on int8; quantized weights come
+        # from from_linear/set_weight/load_state_dict.
+        pass
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_rowwise(self.weight, self.weight_scale, dtype)
+
+    def to_linear(self, dtype: torch.dtype = torch.float32) -> nn.Linear:
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.weight.device, dtype=dtype)
+        lin.weight.data = self.dequantize(dtype)
+        lin.weight.requires_grad_(False)
+        if self.bias is not None:
+            lin.bias.data = self.bias.detach().to(dtype)
+            lin.bias.requires_grad_(self.bias.requires_grad)
+        return lin
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        # Accept a full-precision checkpoint: quantize instead of truncating
+        # floats into the int8 tensor.
+        key = prefix + "weight"
+        w = state_dict.get(key)
+        if w is not None and w.is_floating_point():
+            state_dict = dict(state_dict)
+            q, s = quantize_rowwise(w)
+            state_dict[key] = q
+            state_dict.setdefault(prefix + "weight_scale", s)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled("cpu") and x.device.type == "cpu":
+            compute = out = torch.get_autocast_dtype("cpu")
+        else:
+            compute, out = self.compute_dtype, x.dtype
+        fn = _DequantLinear if self.mode == "dequant" else _Int8MMLinear
+        # Our kernels pick dtypes explicitly; autocast must not re-cast inside.
+        with torch.autocast("cpu", enabled=False):
+            return fn.apply(x, self.weight, self.weight_scale, self.bias,
+                            compute, out, self.save_dequantized)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, int8 rowwise, compute_dtype={self.compute_dtype}, "
+                f"mode={self.mode}")
+
+
+def quantize_model_8bit(model: nn.Module, skip: Iterable[str] = ("lm_head",), **layer_kwargs) -> nn.Module:
+    """Replace every ``nn.Linear`` whose name has no part in ``skip`` by
+    ``Int8Linear``, in place, and return the model.
+
+    Embeddings are not Linear and are kept; ``lm_head`` is skipped by default
+    (tied to the embeddings in SmolLM2, and the logits are sensitive).
+    layer_kwargs go to Int8Linear (compute_dtype, mode, save_dequantized).
+    """
+    skip = tuple(skip)
+    targets = [(name, mod) for name, mod in model.named_modules()
+               if isinstance(mod, nn.Linear) and not isinstance(mod, Int8Linear)
+               and not any(part in skip for part in name.split("."))]
+    for name, mod in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Int8Linear.from_linear(mod, **layer_kwargs))
+        del mod
+    # Marker for our own code; deliberately NOT `is_loaded_in_8bit`, which
+    # would make transformers/peft treat the model as a bitsandbytes model.
+    model.int8cpu_quantized = True
+    return model
+
+
+def dequantize_model(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Turn every Int8Linear (also inside peft LoRA wrappers) back into an
+    ``nn.Linear`` in place, e.g. before peft's ``merge_and_unload``."""
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, Int8Linear):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, mod.to_linear(dtype))
+    if hasattr(model, "int8cpu_quantized"):
+        model.int8cpu_quantized = False
+    return model
+
+
+def model_nbytes(model: nn.Module) -> int:
+    """Bytes held by parameters and buffers (tied tensors counted once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
