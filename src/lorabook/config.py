@@ -64,7 +64,8 @@ class Config:
     # --- evaluation -------------------------------------------------------
     eval_batch_size: int = 16
     gen_max_new_tokens: int = 64
-    n_generation_prompts: int = 8         # held-out prompts from the test split
+    n_generation_prompts: int = 8         # held-out prompts shown in the book
+    n_metric_prompts: int = 64            # test prompts scored by ROUGE etc.
     bootstrap_samples: int = 1000
 
     def __post_init__(self):
@@ -100,7 +101,7 @@ PRESETS: dict[str, dict] = {
         model_name=TINY_MODEL, load_in_8bit=True, n_train=48, n_val=16,
         n_test=16, min_samples=100, epochs=3, batch_size=8,
         learning_rate=2e-3, logging_steps=2, output_dir="runs/tiny",
-        gen_max_new_tokens=12, n_generation_prompts=3,
+        gen_max_new_tokens=12, n_generation_prompts=3, n_metric_prompts=16,
         bootstrap_samples=100, max_length=96,
     ),
     # A GPU run over the whole corpus.
@@ -118,7 +119,8 @@ def validate(cfg: Config) -> None:
         problems.append("padding must be 'longest' or 'max_length'")
     for name in ("epochs", "batch_size", "lora_r", "lora_alpha",
                  "max_length", "eval_batch_size", "logging_steps",
-                 "gen_max_new_tokens", "min_samples"):
+                 "gen_max_new_tokens", "min_samples", "n_metric_prompts",
+                 "n_generation_prompts", "bootstrap_samples"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             problems.append(f"{name} must be a positive integer, got {v!r}")

@@ -1,0 +1,155 @@
+"""Command line: `lorabook data|train|evaluate|export|bench|submission`.
+
+Each subcommand calls the same library function the book calls. Mistakes a
+user can make are printed as `error: ...` with exit status 2, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lorabook.config import LorabookError, load_config
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file of config fields")
+    p.add_argument("--preset", choices=["default", "tiny", "full"],
+                   help="named preset (default: $LORABOOK_PRESET or default)")
+    p.add_argument("--data", dest="data_path", help="dataset path")
+    p.add_argument("--model", dest="model_name",
+                   help="base model: hub id, local path, or the bundled one")
+    p.add_argument("--output-dir", help="run directory")
+
+
+def _cfg(args):
+    return load_config(args.preset, args.config,
+                       **{k: getattr(args, k, None) for k in
+                          ("data_path", "model_name", "output_dir",
+                           "text_column", "prompt_column", "response_column",
+                           "group_column", "min_samples", "max_length")})
+
+
+def cmd_data(args) -> int:
+    from lorabook import data as D
+    from lorabook import model as M
+    cfg = _cfg(args)
+    samples = D.load_samples(
+        args.path, text_column=cfg.text_column, prompt_column=cfg.prompt_column,
+        response_column=cfg.response_column, group_column=args.group_column,
+        min_samples=cfg.min_samples)
+    tok = None if args.no_tokens else M.load_tokenizer(cfg)
+    stats = D.describe(samples, tok)
+    print(f"{args.path}: {stats['count']} samples")
+    for part in ("prompt", "response"):
+        w = stats[f"{part}_words"]
+        line = f"  {part:<8} words: mean {w['mean']:.1f}, median {w['median']:.0f}, min {w['min']}, max {w['max']}"
+        if f"{part}_tokens" in stats:
+            t = stats[f"{part}_tokens"]
+            line += f" | tokens: mean {t['mean']:.1f}, max {t['max']}"
+        print(line)
+    print("preview:")
+    for s in D.preview(samples, args.preview):
+        print(f"  [{s['id']}] prompt:   {s['prompt'][:200]!r}")
+        print(f"  {' ' * (len(str(s['id'])) + 2)} response: {s['response'][:200]!r}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from lorabook import train as T
+    cfg = _cfg(args)
+    run = T.train(cfg, resume=args.resume, force=args.force)
+    print(json.dumps(run.metrics, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from lorabook import evaluate as E
+    from lorabook import train as T
+    if args.run:
+        run = T.load_run(args.run)
+        cfg = load_config(run.config["preset"], None, **{
+            k: (tuple(v) if isinstance(v, list) else v)
+            for k, v in run.config.items() if k not in ("preset", "hash")})
+    else:
+        cfg = _cfg(args)
+        run = T.load_run(T.run_dir(cfg))
+    result = E.evaluate_run(cfg, run, force=args.force)
+    print(json.dumps(result["summary"], indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from lorabook import train as T
+    cfg = _cfg(args)
+    run = T.load_run(args.run or T.run_dir(cfg))
+    out = T.export_merged(cfg, run, args.output)
+    print(f"Merged model written to {out}")
+    return 0
+
+
+def cmd_prepare_model(args) -> int:
+    from lorabook import model as M
+    print(f"Base model ready in {M.convert_bundled_model()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorabook", description="8-bit LoRA fine-tuning, as a book.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="validate a dataset and print statistics")
+    p.add_argument("path")
+    _config_args(p)
+    p.add_argument("--text-column")
+    p.add_argument("--prompt-column")
+    p.add_argument("--response-column")
+    p.add_argument("--group-column")
+    p.add_argument("--min-samples", type=int)
+    p.add_argument("--preview", type=int, default=3)
+    p.add_argument("--no-tokens", action="store_true",
+                   help="skip token counts (no tokenizer needed)")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="fine-tune with 8-bit LoRA")
+    _config_args(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="train again even if a finished run exists")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="perplexity, generations, metrics")
+    _config_args(p)
+    p.add_argument("--run", help="run directory (default: the config's)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="merge the adapter into a full model")
+    _config_args(p)
+    p.add_argument("--run", help="run directory (default: the config's)")
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("prepare-model",
+                       help="convert the bundled GGUF base model once")
+    p.set_defaults(func=cmd_prepare_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LorabookError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; `lorabook train --resume` continues a run",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

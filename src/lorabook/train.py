@@ -1,0 +1,295 @@
+"""Training stage (chapter 4): Trainer, logs, checkpoints, adapter, export.
+
+`train(cfg)` is what both the book and `lorabook train` call. A run
+directory (default `runs/default/`) holds everything the run produced; a
+finished run whose config matches is reused, so a rebuild of the book or
+the evaluation chapter does not retrain.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lorabook.config import Config, LorabookError
+from lorabook import model as M
+from lorabook import preprocess as P
+
+RUN_FILES = ("config.json", "split.json", "metrics.json", "log_history.json")
+
+
+def _write_json(path: Path, obj) -> None:
+    """Atomic write: a killed process never leaves half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def run_dir(cfg: Config) -> Path:
+    return cfg.resolve(cfg.output_dir)
+
+
+def prepare_data(cfg: Config, tokenizer):
+    """Load, clean, split and tokenize the data of a config.
+
+    Returns (samples per split, cleaning report, Encoded splits).
+    """
+    from lorabook import data as D
+    samples = D.load_samples(
+        cfg.resolve(cfg.data_path), text_column=cfg.text_column,
+        prompt_column=cfg.prompt_column, response_column=cfg.response_column,
+        group_column=cfg.group_column, min_samples=cfg.min_samples)
+    samples, report = D.clean_samples(samples)
+    splits = D.split_samples(
+        samples, seed=cfg.seed, val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction, n_train=cfg.n_train,
+        n_val=cfg.n_val, n_test=cfg.n_test)
+    encoded = P.tokenize_splits(splits, tokenizer, cfg)
+    for name, ds in encoded.splits.items():
+        P.check_learned_tokens(ds)
+    return splits, report, encoded
+
+
+@dataclass
+class Run:
+    """A finished training run, as the chapters display it."""
+    path: Path
+    config: dict
+    metrics: dict
+    log_history: list
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    def log_table(self):
+        """One row per logging step / evaluation, as a DataFrame."""
+        import pandas as pd
+        rows = [{k: v for k, v in r.items() if k in (
+            "step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm")}
+            for r in self.log_history if "loss" in r or "eval_loss" in r]
+        return pd.DataFrame(rows)
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    path = Path(path)
+    if not (path / "metrics.json").is_file():
+        raise LorabookError(
+            f"{path} holds no finished run (no metrics.json); train first "
+            "with `lorabook train`")
+    return Run(path, read_json(path / "config.json"),
+               read_json(path / "metrics.json"),
+               read_json(path / "log_history.json"))
+
+
+def finished_run(cfg: Config) -> Run | None:
+    """The finished run of exactly this config, if there is one."""
+    path = run_dir(cfg)
+    try:
+        run = load_run(path)
+    except (LorabookError, FileNotFoundError, json.JSONDecodeError):
+        return None
+    return run if run.config.get("hash") == cfg.hash() else None
+
+
+class _Progress:
+    """Trainer callback: one short line per log, and the NaN guard."""
+
+    def __init__(self, verbose: bool):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                outer.t0 = time.time()
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                logs = logs or {}
+                for key in ("loss", "eval_loss", "grad_norm"):
+                    v = logs.get(key)
+                    if v is not None and not math.isfinite(v):
+                        raise LorabookError(
+                            f"training stopped: {key} became {v} at step "
+                            f"{state.global_step}. Lower the learning rate "
+                            f"(now {args.learning_rate}) or check the data")
+                if verbose and ("loss" in logs or "eval_loss" in logs):
+                    parts = [f"step {state.global_step}/{state.max_steps}",
+                             f"epoch {logs.get('epoch', state.epoch or 0):.2f}"]
+                    for key in ("loss", "eval_loss"):
+                        if key in logs:
+                            parts.append(f"{key} {logs[key]:.4f}")
+                    parts.append(f"{time.time() - outer.t0:.0f}s")
+                    print("  ".join(parts), flush=True)
+
+        self.callback = CB()
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def training_arguments(cfg: Config, out: Path):
+    from transformers import TrainingArguments
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,        # a float < 1 is a ratio
+        lr_scheduler_type="linear",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,                   # the best and the last
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        # PEFT models hide `labels` from the Trainer's signature check;
+        # without this no eval loss is reported (transformers#33420).
+        label_names=["labels"],
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        train_sampling_strategy=("group_by_length" if cfg.group_by_length
+                                 else "random"),
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available(),
+        save_safetensors=True,
+    )
+
+
+def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
+          force: bool = False) -> Run:
+    """Fine-tune the config's model with LoRA; reuse a finished run.
+
+    resume: continue from the last checkpoint of an interrupted run.
+    force: train again even if a finished run of this config exists.
+    """
+    from transformers import Trainer
+
+    out = run_dir(cfg)
+    if not force and (run := finished_run(cfg)) is not None:
+        if verbose:
+            print(f"Reusing the finished run in {out}")
+        return run
+    if out.exists() and not resume:
+        old = read_json(out / "config.json") if (out / "config.json").is_file() else {}
+        if old.get("hash") != cfg.hash() or force:
+            # Never delete a user's earlier run: move it aside.
+            stale = out.with_name(f"{out.name}.old-{old.get('hash', 'unknown')}"
+                                  f"-{int(time.time())}")
+            os.replace(out, stale)
+            if verbose:
+                print(f"Moved an earlier run with another config to {stale}")
+        else:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", dict(cfg.to_dict(), hash=cfg.hash()))
+
+    tokenizer = M.load_tokenizer(cfg)
+    splits, report, enc = prepare_data(cfg, tokenizer)
+    _write_json(out / "split.json",
+                {k: [s["id"] for s in v] for k, v in splits.items()})
+    train_ds = enc.splits["train"].remove_columns(["id"])
+    val_ds = enc.splits["validation"].remove_columns(["id"])
+
+    model = M.load_model(cfg)
+    progress = _Progress(verbose)
+    trainer = Trainer(
+        model=model, args=training_arguments(cfg, out),
+        train_dataset=train_ds, eval_dataset=val_ds,
+        data_collator=P.Collator(tokenizer, cfg.padding, cfg.max_length),
+        processing_class=tokenizer, callbacks=[progress.callback])
+
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
+    resume_from = bool(resume and checkpoints)
+    base_metrics_path = out / "base_eval.json"
+    if base_metrics_path.is_file():
+        base_val_loss = read_json(base_metrics_path)["eval_loss"]
+    else:
+        # Fresh LoRA adapters are zero (B = 0), so this is the base model.
+        base_val_loss = trainer.evaluate()["eval_loss"]
+        _write_json(base_metrics_path, {"eval_loss": base_val_loss})
+    if verbose:
+        print(f"Base model validation loss: {base_val_loss:.4f}")
+        if resume_from:
+            print(f"Resuming from {checkpoints[-1].name}")
+
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=True if resume_from else None)
+    wall = time.time() - t0
+
+    model.save_pretrained(out / "adapter", safe_serialization=True)
+    tokenizer.save_pretrained(out / "adapter")
+
+    history = trainer.state.log_history
+    evals = [r["eval_loss"] for r in history if "eval_loss" in r]
+    real_tokens = sum(sum(m) for m in train_ds["attention_mask"])
+    steps_done = result.global_step
+    metrics = dict(
+        n_train=len(train_ds), n_val=len(val_ds),
+        n_test=len(enc.splits["test"]), epochs=cfg.epochs,
+        dropped_too_long=enc.dropped, truncated=enc.truncated,
+        learned_token_share=enc.learned_share,
+        train_real_tokens=real_tokens * cfg.epochs,
+        train_runtime_s=result.metrics["train_runtime"],
+        train_wall_s=wall,
+        train_tokens_per_s=real_tokens * cfg.epochs / result.metrics["train_runtime"],
+        train_steps=steps_done,
+        peak_memory_mb=peak_memory_mb(),
+        device=str(M.device()),
+        base_val_loss=base_val_loss,
+        final_val_loss=evals[-1] if evals else None,
+        best_val_loss=min(evals) if evals else None,
+        best_checkpoint=Path(trainer.state.best_model_checkpoint or "").name,
+        final_train_loss=result.metrics.get("train_loss"),
+        resumed=resume_from,
+    )
+    _write_json(out / "log_history.json", history)
+    _write_json(out / "metrics.json", metrics)
+    if verbose:
+        print(f"Done in {wall:.0f}s; validation loss {base_val_loss:.4f} -> "
+              f"{metrics['best_val_loss']:.4f}. Run directory: {out}")
+    return load_run(out)
+
+
+def reload_check(cfg: Config, run: Run, model, batch: dict) -> float:
+    """Max |logit difference| between `model` and adapter reloaded from disk."""
+    reloaded = M.load_trained_model(cfg, run.adapter_dir)
+    model.eval()
+    with torch.no_grad():
+        a = model(**batch).logits
+        b = reloaded(**batch).logits
+    return (a - b).abs().max().item()
+
+
+def export_merged(cfg: Config, run: Run, output: str | os.PathLike) -> Path:
+    """Merge the adapter into a full-precision base; save a plain checkpoint.
+
+    A quantized base cannot be merged exactly (the merged weight would be
+    re-quantized), so the merge happens on an fp32 copy of the base.
+    """
+    output = Path(output)
+    model = M.load_trained_model(cfg, run.adapter_dir, quantize=False)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(output, safe_serialization=True)
+    M.load_tokenizer(cfg).save_pretrained(output)
+    return output

@@ -1,0 +1,92 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lorabook import evaluate as E
+from lorabook import model as M
+from lorabook import preprocess as P
+from lorabook.config import LorabookError
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_cfg, tokenizer):
+    """A tiny 8-bit LoRA model and a handful of encoded samples."""
+    from datasets import Dataset
+    model = M.load_model(tiny_cfg)
+    texts = [("1790, George Washington (No party):\nHello there.",
+              "We meet again in peace."),
+             ("1861, Abraham Lincoln (Republican):\nThe war goes on.",
+              "It is a long and hard struggle for the Union, and for all."),
+             ("2021, Joseph R. Biden (Democratic):\nAmerica is back.", "Yes.")]
+    rows = [P.encode(p, r, tokenizer, 96) for p, r in texts]
+    return model, Dataset.from_list(rows), rows
+
+
+def test_perplexity_matches_hand_computation(scored, tokenizer):
+    model, ds, rows = scored
+    sums, counts = E.response_nll(model, ds, P.Collator(tokenizer), 2)
+    total, n = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for r in rows:       # one sample at a time, token by token
+            logits = model(input_ids=torch.tensor([r["input_ids"]])).logits[0]
+            logp = torch.log_softmax(logits.float(), -1)
+            for t in range(1, len(r["labels"])):
+                if r["labels"][t] != -100:
+                    total -= logp[t - 1, r["labels"][t]].item()
+                    n += 1
+    assert counts.sum() == n
+    assert E.perplexity(sums.sum(), counts.sum()) == pytest.approx(
+        math.exp(total / n), rel=1e-4)
+
+
+@pytest.mark.parametrize("bs", [1, 2, 3])
+def test_perplexity_independent_of_batch_and_padding(scored, tokenizer, bs):
+    model, ds, _ = scored
+    ref = E.response_nll(model, ds, P.Collator(tokenizer), 3)
+    dyn = E.response_nll(model, ds, P.Collator(tokenizer), bs)
+    fixed = E.response_nll(model, ds, P.Collator(tokenizer, "max_length", 96), bs)
+    for s, c in (dyn, fixed):
+        assert (c == ref[1]).all()
+        np.testing.assert_allclose(s, ref[0], rtol=1e-4)
+
+
+def test_perplexity_overflow_guard():
+    assert E.perplexity(1e6, 10) == float("inf")
+    with pytest.raises(LorabookError):
+        E.perplexity(1.0, 0)
+
+
+def test_bootstrap_ci_brackets_estimate():
+    rng = np.random.default_rng(0)
+    sums = rng.uniform(10, 30, 200)
+    counts = rng.integers(5, 15, 200)
+    lo, hi = E.bootstrap_ci(sums, counts, 500)
+    assert lo < E.perplexity(sums.sum(), counts.sum()) < hi
+
+
+def test_generation_batched_and_stops(scored, tokenizer):
+    model, _, _ = scored
+    prompts = ["1790, George Washington (No party):\nHello.", "Hi."]
+    a = E.generate(model, tokenizer, prompts, max_new_tokens=5)
+    b = [E.generate(model, tokenizer, [p], max_new_tokens=5)[0] for p in prompts]
+    assert [g["text"] for g in a] == [g["text"] for g in b]   # padding-safe
+    assert all(g["n_tokens"] <= 5 for g in a)
+
+
+@pytest.mark.slow
+def test_evaluate_run_writes_metrics(tiny_cfg, tiny_run):
+    res = E.evaluate_run(tiny_cfg, tiny_run, verbose=False)
+    s = res["summary"]
+    for k in ("base_test_perplexity", "finetuned_test_perplexity",
+              "finetuned_test_perplexity_ci", "test_response_tokens",
+              "rouge_l", "bleu", "style_accuracy"):
+        assert k in s
+    lo, hi = s["finetuned_test_perplexity_ci"]
+    assert lo <= s["finetuned_test_perplexity"] <= hi
+    gens = E.load_generations(tiny_run.path)
+    assert len(gens) == 2 * (tiny_cfg.n_generation_prompts + len(E.NEW_PROMPTS))
+    assert (tiny_run.path / "metrics.json").is_file()
+    assert E.evaluate_run(tiny_cfg, tiny_run, verbose=False) == res  # cached

@@ -1,0 +1,61 @@
+import math
+
+import pytest
+import torch
+
+from lorabook import model as M
+from lorabook import preprocess as P
+from lorabook.config import LorabookError
+
+
+def test_bundled_conversion_is_cached():
+    a = M.convert_bundled_model()
+    assert (a / "model.safetensors").is_file() and (a / "tokenizer.json").is_file()
+    assert M.convert_bundled_model() == a          # second call: the cache
+
+
+@pytest.mark.parametrize("family,expected", [
+    ("llama", ["q_proj", "v_proj"]), ("gpt2", ["c_attn"]),
+    ("gpt_neox", ["query_key_value"]), ("opt", ["q_proj", "v_proj"])])
+def test_target_modules_per_architecture(family, expected):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    kw = dict(vocab_size=100)
+    if family == "gpt2":
+        kw.update(n_embd=16, n_layer=1, n_head=2)
+    else:
+        kw.update(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=32)
+        if family == "opt":
+            kw.update(ffn_dim=32, word_embed_proj_dim=16)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(family, **kw))
+    assert M.default_target_modules(model) == expected
+
+
+def test_unknown_architecture_needs_explicit_targets():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mixer = torch.nn.Linear(2, 2)
+    with pytest.raises(LorabookError, match="target_modules"):
+        M.default_target_modules(Odd())
+
+
+def test_8bit_lora_model_trains_only_adapters(tiny_cfg, tokenizer):
+    import bitsandbytes as bnb
+    model = M.load_model(tiny_cfg)
+    quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert quantized, "base linear layers should be 8-bit"
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    ex = P.encode("1790, George Washington (No party):\nHello.", "World.",
+                  tokenizer, 64)
+    batch = P.Collator(tokenizer)([ex, ex])
+    out = model(**batch)
+    assert math.isfinite(out.loss.item())
+    assert out.logits.shape == (2, len(ex["input_ids"]), len(tokenizer))
+
+
+def test_missing_model_gives_clear_error(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(model_name=str(tmp_path / "no-such-model"))
+    with pytest.raises(LorabookError, match="cannot load model"):
+        M.load_base_model(cfg)

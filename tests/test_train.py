@@ -1,0 +1,103 @@
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lorabook import model as M
+from lorabook import preprocess as P
+from lorabook import train as T
+from lorabook.config import LorabookError
+
+pytestmark = pytest.mark.slow
+
+
+def _batch(cfg, tokenizer, n=4):
+    _, _, enc = T.prepare_data(cfg, tokenizer)
+    rows = [enc.splits["validation"][i] for i in range(n)]
+    feats = [{k: r[k] for k in ("input_ids", "attention_mask", "labels")}
+             for r in rows]
+    return P.Collator(tokenizer)(feats)
+
+
+def test_training_lowers_loss_and_writes_run(tiny_run):
+    m = tiny_run.metrics
+    for key in ("n_train", "n_val", "n_test", "epochs", "train_runtime_s",
+                "train_tokens_per_s", "base_val_loss", "final_val_loss",
+                "best_val_loss"):
+        assert key in m
+    assert m["n_train"] == 48 and m["epochs"] == 3
+    assert m["best_val_loss"] < m["base_val_loss"]
+    losses = tiny_run.log_table()["loss"].dropna().tolist()
+    assert losses[-1] < losses[0]
+    for f in ("config.json", "split.json", "log_history.json", "adapter"):
+        assert (tiny_run.path / f).exists()
+    assert (tiny_run.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_finished_run_is_reused(tiny_cfg, tiny_run):
+    before = (tiny_run.path / "metrics.json").stat().st_mtime_ns
+    again = T.train(tiny_cfg, verbose=False)
+    assert (again.path / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_reload_gives_identical_logits(tiny_cfg, tiny_run, tokenizer):
+    model = M.load_trained_model(tiny_cfg, tiny_run.adapter_dir)
+    batch = _batch(tiny_cfg, tokenizer)
+    assert T.reload_check(tiny_cfg, tiny_run, model, batch) == 0.0
+
+
+def test_merged_export_matches_adapter(tiny_cfg, tiny_run, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+    out = T.export_merged(tiny_cfg, tiny_run, tmp_path / "merged")
+    plain = AutoModelForCausalLM.from_pretrained(out)        # no PEFT
+    ref = M.load_trained_model(tiny_cfg, tiny_run.adapter_dir, quantize=False)
+    batch = _batch(tiny_cfg, tokenizer)
+    with torch.no_grad():
+        diff = (plain(**batch).logits - ref(**batch).logits).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_resume_after_interruption_matches(tiny_cfg, tiny_run, tmp_path,
+                                           monkeypatch):
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kw):
+            if state.epoch >= 2:   # the epoch-1 checkpoint exists by now
+                raise KeyboardInterrupt
+
+    cfg = tiny_cfg.replace(output_dir=str(tmp_path / "interrupted"))
+    # Interrupt the run at the end of epoch 2 (after epoch 1 was saved).
+    import transformers
+    orig_init = transformers.Trainer.__init__
+
+    def init(self, *a, callbacks=None, **kw):
+        orig_init(self, *a, callbacks=(callbacks or []) + [Crash()], **kw)
+    monkeypatch.setattr(transformers.Trainer, "__init__", init)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, verbose=False)
+    monkeypatch.setattr(transformers.Trainer, "__init__", orig_init)
+    assert not (cfg.resolve(cfg.output_dir) / "metrics.json").exists()
+
+    resumed = T.train(cfg, resume=True, verbose=False)
+    assert resumed.metrics["resumed"] is True
+    a = load_file(tiny_run.adapter_dir / "adapter_model.safetensors")
+    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    assert resumed.metrics["best_val_loss"] == pytest.approx(
+        tiny_run.metrics["best_val_loss"], abs=1e-5)
+
+
+def test_nan_guard_stops_training():
+    progress = T._Progress(verbose=False)
+
+    class Args:
+        learning_rate = 1e-3
+
+    class State:
+        global_step = 7
+    with pytest.raises(LorabookError, match="loss became nan"):
+        progress.callback.on_log(Args(), State(), None, logs={"loss": math.nan})
