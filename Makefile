@@ -7,8 +7,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.lorabook-setup
 NAME    ?= Lastname_Firstname
-APT_PKGS := texlive-latex-recommended texlive-latex-extra \
-            texlive-fonts-recommended latexmk tex-gyre poppler-utils
+APT_PKGS := texlive-latex-recommended texlive-latex-extra texlive-xetex \
+            texlive-fonts-recommended latexmk tex-gyre fonts-dejavu-core \
+            poppler-utils
 
 .PHONY: setup book html pdf test test-fast bench submission clean
 
@@ -25,9 +26,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/lorabook prepare-model
 	touch $(STAMP)
 
-# Debian packages for the PDF (pdflatex route); skipped when present.
+# Debian packages for the PDF (xelatex via Sphinx); skipped when present.
 .latex-ok:
-	@if ! command -v latexmk >/dev/null || ! kpsewhich tgtermes.sty >/dev/null \
+	@if ! command -v xelatex >/dev/null || ! command -v latexmk >/dev/null \
+	    || ! kpsewhich tgtermes.sty >/dev/null \
 	    || ! command -v pdftoppm >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq $(APT_PKGS); fi

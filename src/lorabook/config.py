@@ -102,7 +102,7 @@ PRESETS: dict[str, dict] = {
         n_test=16, min_samples=100, epochs=3, batch_size=8,
         learning_rate=2e-3, logging_steps=2, output_dir="runs/tiny",
         gen_max_new_tokens=12, n_generation_prompts=3, n_metric_prompts=16,
-        bootstrap_samples=100, max_length=96,
+        bootstrap_samples=100,
     ),
     # A GPU run over the whole corpus.
     "full": dict(n_train=None, n_val=None, n_test=None, output_dir="runs/full",

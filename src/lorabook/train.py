@@ -110,6 +110,7 @@ class _Progress:
         from transformers import TrainerCallback
 
         outer = self
+        self.t0 = time.time()
 
         class CB(TrainerCallback):
             def on_train_begin(self, args, state, control, **kw):
@@ -172,7 +173,6 @@ def training_arguments(cfg: Config, out: Path):
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
-        save_safetensors=True,
     )
 
 
@@ -218,6 +218,11 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
         train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=P.Collator(tokenizer, cfg.padding, cfg.max_length),
         processing_class=tokenizer, callbacks=[progress.callback])
+    # Our callback prints one short line per log; the Trainer's own printer
+    # would add a dict per log on top.
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
 
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
     resume_from = bool(resume and checkpoints)

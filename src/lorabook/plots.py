@@ -1,0 +1,90 @@
+"""Figures for the book: each function returns a matplotlib Figure.
+
+The seaborn theme is set inside each function, never on import.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+
+def _theme():
+    import seaborn as sns
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
+    return sns
+
+
+def passages_per_decade(samples):
+    sns = _theme()
+    import pandas as pd
+    df = pd.DataFrame({"decade": [s["year"] // 10 * 10 for s in samples]})
+    counts = df.value_counts("decade").sort_index()
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    sns.barplot(x=counts.index.astype(str), y=counts.values, ax=ax,
+                color="#4c72b0")
+    ax.set_xlabel("decade")
+    ax.set_ylabel("passages")
+    ax.tick_params(axis="x", rotation=90, labelsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def length_histogram(lengths: dict, max_length: int):
+    sns = _theme()
+    import pandas as pd
+    df = pd.concat([pd.DataFrame({"tokens": v, "part": k})
+                    for k, v in lengths.items()])
+    fig, ax = plt.subplots(figsize=(7, 3))
+    sns.histplot(df, x="tokens", hue="part", element="step", bins=40, ax=ax)
+    ax.axvline(max_length, ls="--", color="black", lw=1)
+    ax.set_xlabel("tokens per sample")
+    ax.set_ylabel("samples")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def loss_curve(log_history: list, base_val_loss: float, steps_per_epoch: float):
+    """Training loss per logging step, validation loss per epoch, base line."""
+    sns = _theme()
+    import pandas as pd
+    train = pd.DataFrame([r for r in log_history if "loss" in r])
+    val = pd.DataFrame([r for r in log_history if "eval_loss" in r])
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    sns.lineplot(x=train["epoch"], y=train["loss"], ax=ax,
+                 label="training loss (per logging step)", lw=1)
+    sns.lineplot(x=val["epoch"], y=val["eval_loss"], ax=ax, marker="o",
+                 label="validation loss (per epoch)", lw=2)
+    ax.axhline(base_val_loss, ls="--", color="grey",
+               label=f"base model, validation ({base_val_loss:.3f})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def perplexity_bars(result: dict):
+    """Base vs fine-tuned perplexity per split, with 95% bootstrap CIs."""
+    sns = _theme()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    colors = {"base": "#8c8c8c", "finetuned": "#4c72b0"}
+    splits = ["validation", "test"]
+    width = 0.38
+    for j, model in enumerate(("base", "finetuned")):
+        xs = [i + (j - 0.5) * width for i in range(len(splits))]
+        vals = [result[s][model]["perplexity"] for s in splits]
+        lo = [v - result[s][model]["ci_low"] for s, v in zip(splits, vals)]
+        hi = [result[s][model]["ci_high"] - v for s, v in zip(splits, vals)]
+        ax.bar(xs, vals, width, yerr=[lo, hi], capsize=4, color=colors[model],
+               label={"base": "base model", "finetuned": "fine-tuned"}[model])
+        for x, v in zip(xs, vals):
+            ax.text(x, v * 1.02, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(splits)), splits)
+    ax.set_ylabel("perplexity (response tokens)")
+    ax.legend(fontsize=8)
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
