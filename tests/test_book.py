@@ -54,3 +54,28 @@ def test_pdf_exists_with_figures(built):
     assert tex.count("\\includegraphics") >= 4       # figures made it in
     assert "\\begin{tabulary}" in tex or "\\begin{longtable}" in tex
     assert "<Figure size" not in tex
+
+
+def test_submission_zip_contents(built, tmp_path):
+    import zipfile
+    from lorabook.config import LorabookError
+    from lorabook.submission import make_submission
+    with pytest.raises(LorabookError, match="Lastname_Firstname"):
+        make_submission("nobody", build=built, out_dir=tmp_path)
+    pdf, zpath = make_submission("Doe_Jane", build=built, out_dir=tmp_path)
+    assert pdf.name == "Doe_Jane_Project.pdf" and pdf.stat().st_size > 50_000
+    names = zipfile.ZipFile(zpath).namelist()
+    top = "Doe_Jane_Project/"
+    assert all(n.startswith(top) for n in names)
+    rel = [n[len(top):] for n in names]
+    for needed in ("Doe_Jane_Project.pdf", "README.md", "pyproject.toml",
+                   "src/lorabook/train.py", "data/sotu_passages.jsonl",
+                   "data/DATASHEET.md", "configs/gpt2.yaml",
+                   "notebooks/04_training.ipynb", "book/04_training.md"):
+        assert needed in rel, needed
+    for n in rel:
+        assert not re.search(r"__pycache__|\.venv/|\.cache/|runs/|_build/|"
+                             r"\.safetensors$|\.gguf$", n), n
+    import json
+    nb = json.loads(zipfile.ZipFile(zpath).read(top + "notebooks/04_training.ipynb"))
+    assert any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")

@@ -23,11 +23,14 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cfg(args):
-    return load_config(args.preset, args.config,
-                       **{k: getattr(args, k, None) for k in
-                          ("data_path", "model_name", "output_dir",
-                           "text_column", "prompt_column", "response_column",
-                           "group_column", "min_samples", "max_length")})
+    values = {k: getattr(args, k, None) for k in
+              ("data_path", "model_name", "output_dir", "text_column",
+               "prompt_column", "response_column", "group_column",
+               "min_samples")}
+    cfg = load_config(args.preset, args.config, **values)
+    if getattr(args, "group_column", None) == "none":   # random split
+        cfg = cfg.replace(group_column=None)
+    return cfg
 
 
 def cmd_data(args) -> int:
@@ -36,7 +39,9 @@ def cmd_data(args) -> int:
     cfg = _cfg(args)
     samples = D.load_samples(
         args.path, text_column=cfg.text_column, prompt_column=cfg.prompt_column,
-        response_column=cfg.response_column, group_column=args.group_column,
+        response_column=cfg.response_column,
+        group_column=None if args.group_column in (None, "none")
+        else args.group_column,
         min_samples=cfg.min_samples)
     tok = None if args.no_tokens else M.load_tokenizer(cfg)
     stats = D.describe(samples, tok)
@@ -94,6 +99,13 @@ def cmd_prepare_model(args) -> int:
     return 0
 
 
+def cmd_submission(args) -> int:
+    from lorabook.submission import make_submission
+    pdf, zipf = make_submission(args.name)
+    print(f"wrote {pdf.name} and {zipf.name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lorabook", description="8-bit LoRA fine-tuning, as a book.")
@@ -114,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune with 8-bit LoRA")
     _config_args(p)
+    p.add_argument("--group-column",
+                   help="column grouping related samples ('none': random split)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last checkpoint")
     p.add_argument("--force", action="store_true",
@@ -135,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare-model",
                        help="convert the bundled GGUF base model once")
     p.set_defaults(func=cmd_prepare_model)
+    p = sub.add_parser("submission", help="write the PDF and the ZIP to hand in")
+    p.add_argument("--name", required=True, help="Lastname_Firstname")
+    p.set_defaults(func=cmd_submission)
     return parser
 
 
