@@ -42,7 +42,7 @@ def test_unknown_architecture_needs_explicit_targets():
 
 def test_8bit_lora_model_trains_only_adapters(tiny_cfg, tokenizer):
     import bitsandbytes as bnb
-    model = M.load_model(tiny_cfg)
+    model = M.load_model(tiny_cfg.replace(quant_backend="bitsandbytes"))
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
     assert quantized, "base linear layers should be 8-bit"
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -59,3 +59,33 @@ def test_missing_model_gives_clear_error(tiny_cfg, tmp_path):
     cfg = tiny_cfg.replace(model_name=str(tmp_path / "no-such-model"))
     with pytest.raises(LorabookError, match="cannot load model"):
         M.load_base_model(cfg)
+
+
+@pytest.mark.parametrize("backend", ["bitsandbytes", "int8cpu"])
+def test_label_only_head_loss_equals_model_loss(tiny_cfg, tokenizer, backend):
+    from lorabook.train import label_only_loss
+    cfg = tiny_cfg.replace(quant_backend=backend)
+    model = M.load_model(cfg)
+    exs = [P.encode("1790, George Washington (No party):\nHello.", r, tokenizer, 64)
+           for r in ("World.", "A longer response to pad the other one.")]
+    batch = P.Collator(tokenizer)(exs)
+    full = model(**batch).loss
+    fast = label_only_loss(model, batch)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    fast.backward()                  # gradients reach the LoRA weights
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None for g in grads)
+
+
+def test_int8cpu_backend_keeps_int8_weights(tiny_cfg):
+    from lorabook.int8cpu import Int8Linear
+    model = M.load_model(tiny_cfg.replace(quant_backend="int8cpu"))
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert layers and all(m.weight.dtype == torch.int8 for m in layers)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_invalid_backend_rejected(tiny_cfg):
+    with pytest.raises(LorabookError, match="quant_backend"):
+        tiny_cfg.replace(quant_backend="gguf")

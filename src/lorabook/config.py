@@ -47,6 +47,15 @@ class Config:
     # --- model ------------------------------------------------------------
     model_name: str = BUNDLED_MODEL
     load_in_8bit: bool = True
+    # Which 8-bit implementation: "bitsandbytes" (the assignment's; always
+    # used on CUDA), "int8cpu" (lorabook's int8-weight layer, fast on CPU),
+    # or "auto" (int8cpu on the CPU, bitsandbytes on CUDA).
+    quant_backend: str = "auto"
+    # bf16 autocast for training: None = where it pays (int8cpu on a CPU
+    # with native bf16, or CUDA with bf16).
+    bf16: bool | None = None
+    # Compute the LM head and softmax only at positions that carry a label.
+    label_only_head: bool = True
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1
@@ -115,6 +124,8 @@ def validate(cfg: Config) -> None:
     problems = []
     if cfg.preset not in PRESETS:
         problems.append(f"preset must be one of {sorted(PRESETS)}")
+    if cfg.quant_backend not in ("auto", "bitsandbytes", "int8cpu"):
+        problems.append("quant_backend must be auto, bitsandbytes or int8cpu")
     if cfg.padding not in ("longest", "max_length"):
         problems.append("padding must be 'longest' or 'max_length'")
     for name in ("epochs", "batch_size", "lora_r", "lora_alpha",

@@ -240,10 +240,17 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
                               "repeated_3gram_rate", "mean_words")}
 
     # Style control: does the text sound like the requested period?
-    years_train = [s["year"] for s in splits["train"]] if "year" in splits["train"][0] else None
-    if years_train is not None:
-        clf = X.train_era_classifier([s["response"] for s in splits["train"]],
-                                     years_train, seed=cfg.seed)
+    if "year" in splits["train"][0]:
+        # The judge learns from every passage of the addresses outside the
+        # evaluated splits (not only the training subset): it is a better
+        # judge that way, and it has never seen a validation or test address.
+        from lorabook import data as D
+        held_out = {s["group"] for k in ("validation", "test") for s in splits[k]}
+        pool = [s for s in D.load_samples(
+            cfg.resolve(cfg.data_path), group_column=cfg.group_column,
+            min_samples=1) if s["group"] not in held_out]
+        clf = X.train_era_classifier([s["response"] for s in pool],
+                                     [s["year"] for s in pool], seed=cfg.seed)
         years = [s["year"] for s in scored]
         result["style"] = dict(
             period_years=25,
@@ -292,8 +299,10 @@ def quantization_cost(cfg: Config, dataset, tokenizer) -> list[dict]:
     """Base model size and validation perplexity, full precision vs 8-bit."""
     rows = []
     collator = P.Collator(tokenizer)
-    for quantize in (False, True):
-        model = M.load_base_model(cfg, quantize=quantize)
+    for quantize, backend, name in (
+            (False, None, "fp32"), (True, "bitsandbytes", "8-bit, bitsandbytes"),
+            (True, "int8cpu", "8-bit, lorabook Int8Linear")):
+        model = M.load_base_model(cfg, quantize=quantize, backend=backend)
         sums, counts = response_nll(model, dataset, collator, cfg.eval_batch_size)
         size = M.model_summary(model)
         linear_mb = sum(
@@ -301,7 +310,7 @@ def quantization_cost(cfg: Config, dataset, tokenizer) -> list[dict]:
             if n.endswith(".weight") and p.ndim == 2 and "embed" not in n
             and "lm_head" not in n) / 2**20
         rows.append(dict(
-            weights="8-bit (bitsandbytes)" if quantize else "fp32",
+            weights=name,
             size_mb=size["size_mb"], linear_layers_mb=linear_mb,
             val_perplexity=perplexity(sums.sum(), counts.sum())))
         del model

@@ -182,13 +182,38 @@ def default_target_modules(model) -> list[str]:
         "`target_modules` in the config (e.g. [q_proj, v_proj])")
 
 
-def load_base_model(cfg: Config, *, quantize: bool | None = None):
-    """The frozen base model, in 8-bit (bitsandbytes) or full precision."""
+def quant_backend(cfg: Config) -> str:
+    """The 8-bit implementation a config resolves to on this machine."""
+    if cfg.quant_backend != "auto":
+        return cfg.quant_backend
+    return "bitsandbytes" if torch.cuda.is_available() else "int8cpu"
+
+
+def use_bf16(cfg: Config) -> bool:
+    """Whether training runs under bf16 autocast."""
+    if cfg.bf16 is not None:
+        return cfg.bf16
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    from lorabook.int8cpu import is_fast_bf16_cpu
+    return cfg.load_in_8bit and quant_backend(cfg) == "int8cpu" and is_fast_bf16_cpu()
+
+
+def load_base_model(cfg: Config, *, quantize: bool | None = None,
+                    backend: str | None = None):
+    """The frozen base model, in 8-bit or full precision.
+
+    8-bit comes from bitsandbytes (`BitsAndBytesConfig(load_in_8bit=True)`)
+    or, on the CPU by default, from lorabook's `Int8Linear`: the same int8
+    row-wise weights, de-quantized per layer to bf16 for the matmul instead
+    of bitsandbytes' per-call casts (appendix on performance).
+    """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     quantize = cfg.load_in_8bit if quantize is None else quantize
+    backend = backend or quant_backend(cfg)
     dev = device()
     kwargs = dict(dtype=torch.float32, device_map={"": str(dev)})
-    if quantize:
+    if quantize and backend == "bitsandbytes":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -198,6 +223,9 @@ def load_base_model(cfg: Config, *, quantize: bool | None = None):
             f"cannot load model {cfg.model_name!r}: {e}. Give a local "
             "directory with config.json and safetensors weights, or a hub "
             "id that is already in the local cache") from None
+    if quantize and backend == "int8cpu":
+        from lorabook.int8cpu import quantize_model_8bit
+        quantize_model_8bit(model, skip=("lm_head",))
     model.config.use_cache = False
     return model
 
@@ -222,11 +250,15 @@ def load_model(cfg: Config, *, quantize: bool | None = None):
     base = load_base_model(cfg, quantize=quantize)
     quantized = cfg.load_in_8bit if quantize is None else quantize
     if quantized:
+        # Freezes the base and casts norms to fp32 (it leaves Int8Linear's
+        # int8 weights alone); checkpointing only for bitsandbytes models.
         base = prepare_model_for_kbit_training(
             base, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    elif cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable()
-    if cfg.gradient_checkpointing:
+    else:
+        base.requires_grad_(False)
+    if cfg.gradient_checkpointing and not getattr(base, "is_loaded_in_8bit", False):
+        base.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     torch.manual_seed(cfg.seed)   # LoRA A is random: make it reproducible
     return get_peft_model(base, lora_config(cfg, base))

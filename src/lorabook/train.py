@@ -143,6 +143,58 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def label_only_loss(model, inputs: dict, num_items_in_batch=None):
+    """Causal-LM loss with the LM head applied only where a label is.
+
+    The LM head (576 x 49,152 for SmolLM2) and its softmax are a fifth of
+    the model's FLOPs, and prompt and padding positions carry no label, so
+    their logits are wasted work. The result equals the model's own loss
+    (a test checks it). Returns None when the model is not a plain PEFT
+    causal LM (e.g. wrapped for DDP); the caller then uses the usual path.
+    """
+    from peft import PeftModel
+    if not isinstance(model, PeftModel):
+        return None
+    base = model.get_base_model()
+    head = base.get_output_embeddings()
+    backbone = getattr(base, "base_model", None)
+    if head is None or backbone is None or backbone is base:
+        return None
+    labels = inputs["labels"]
+    hidden = backbone(input_ids=inputs["input_ids"],
+                      attention_mask=inputs.get("attention_mask")).last_hidden_state
+    target = labels[:, 1:]
+    mask = target != -100
+    logits = head(hidden[:, :-1][mask])
+    loss = torch.nn.functional.cross_entropy(
+        logits.float(), target[mask], reduction="sum")
+    n = num_items_in_batch if num_items_in_batch is not None else mask.sum()
+    if torch.is_tensor(n):
+        n = n.to(loss.device)
+    return loss / n
+
+
+def make_trainer_class():
+    from transformers import Trainer
+
+    class LorabookTrainer(Trainer):
+        """Trainer whose loss skips the LM head where no label needs it."""
+
+        label_only_head = True
+
+        def compute_loss(self, model, inputs, return_outputs=False,
+                         num_items_in_batch=None):
+            loss = None
+            if self.label_only_head:
+                loss = label_only_loss(model, inputs, num_items_in_batch)
+            if loss is None:
+                return super().compute_loss(model, inputs, return_outputs,
+                                            num_items_in_batch)
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+    return LorabookTrainer
+
+
 def training_arguments(cfg: Config, out: Path):
     from transformers import TrainingArguments
     return TrainingArguments(
@@ -173,6 +225,8 @@ def training_arguments(cfg: Config, out: Path):
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
+        bf16=M.use_bf16(cfg),
+        prediction_loss_only=True,
     )
 
 
@@ -183,8 +237,6 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
     resume: continue from the last checkpoint of an interrupted run.
     force: train again even if a finished run of this config exists.
     """
-    from transformers import Trainer
-
     out = run_dir(cfg)
     if not force and (run := finished_run(cfg)) is not None:
         if verbose:
@@ -213,6 +265,8 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
 
     model = M.load_model(cfg)
     progress = _Progress(verbose)
+    Trainer = make_trainer_class()
+    Trainer.label_only_head = cfg.label_only_head
     trainer = Trainer(
         model=model, args=training_arguments(cfg, out),
         train_dataset=train_ds, eval_dataset=val_ds,
