@@ -53,7 +53,7 @@ test-fast: setup
 bench: setup
 	$(BIN)/lorabook bench
 
-submission: setup
+submission: book
 	$(BIN)/lorabook submission --name $(NAME)
 
 clean:
