@@ -79,18 +79,23 @@ def _timings_path(cfg: Config) -> Path:
     return cfg.resolve(cfg.output_dir).parent / f"timings-{cfg.preset}.json"
 
 
-@contextmanager
-def stage(cfg: Config, name: str):
+def record_time(cfg: Config, name: str, seconds: float) -> None:
     """Record the wall time of a book stage (shown in the appendix)."""
-    t0 = time.time()
-    yield
     path = _timings_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(path.read_text()) if path.is_file() else {}
-    data[name] = round(time.time() - t0, 1)
+    data[name] = round(seconds, 1)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
+
+
+@contextmanager
+def stage(cfg: Config, name: str):
+    """Time a block and record it with `record_time`."""
+    t0 = time.time()
+    yield
+    record_time(cfg, name, time.time() - t0)
 
 
 def timings(cfg: Config) -> dict:

@@ -25,8 +25,19 @@ from lorabook import preprocess as P
 RUN_FILES = ("config.json", "split.json", "metrics.json", "log_history.json")
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate (DDP), or a plain single process.
+
+    Only the main process writes the run directory; the Trainer itself
+    already saves checkpoints only there.
+    """
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _write_json(path: Path, obj) -> None:
     """Atomic write: a killed process never leaves half a file."""
+    if not is_main_process():
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -242,7 +253,7 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
         if verbose:
             print(f"Reusing the finished run in {out}")
         return run
-    if out.exists() and not resume:
+    if out.exists() and not resume and is_main_process():
         old = read_json(out / "config.json") if (out / "config.json").is_file() else {}
         if old.get("hash") != cfg.hash() or force:
             # Never delete a user's earlier run: move it aside.
@@ -296,8 +307,9 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
     result = trainer.train(resume_from_checkpoint=True if resume_from else None)
     wall = time.time() - t0
 
-    model.save_pretrained(out / "adapter", safe_serialization=True)
-    tokenizer.save_pretrained(out / "adapter")
+    if is_main_process():
+        model.save_pretrained(out / "adapter", safe_serialization=True)
+        tokenizer.save_pretrained(out / "adapter")
 
     history = trainer.state.log_history
     evals = [r["eval_loss"] for r in history if "eval_loss" in r]
@@ -324,9 +336,11 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
     )
     _write_json(out / "log_history.json", history)
     _write_json(out / "metrics.json", metrics)
-    if verbose:
+    if verbose and is_main_process():
         print(f"Done in {wall:.0f}s; validation loss {base_val_loss:.4f} -> "
               f"{metrics['best_val_loss']:.4f}. Run directory: {out}")
+    if not is_main_process():
+        return Run(out, dict(cfg.to_dict(), hash=cfg.hash()), metrics, history)
     return load_run(out)
 
 
