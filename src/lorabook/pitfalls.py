@@ -323,6 +323,7 @@ def label_names_demo(model, dataset, collator,
     eval_loss it reported (None if it reported none).
     """
     from transformers import Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
     from transformers.utils.generic import find_labels
     ds = dataset.select_columns(["input_ids", "attention_mask", "labels"])
     rows = []
@@ -335,6 +336,7 @@ def label_names_demo(model, dataset, collator,
                 use_cpu=not torch.cuda.is_available(), **kw)
             trainer = Trainer(model=model, args=args, eval_dataset=ds,
                               data_collator=collator)
+            trainer.remove_callback(PrinterCallback)   # no metrics dump
             result = trainer.evaluate()
         rows.append(dict(label_names=name,
                          trainer_label_names=str(trainer.label_names),

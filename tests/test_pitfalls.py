@@ -1,0 +1,159 @@
+"""The pitfalls of appendix A2: the wrong way is wrong, ours is right."""
+import math
+
+import pytest
+import torch
+
+from lorabook import model as M
+from lorabook import pitfalls as F
+from lorabook import preprocess as P
+from lorabook.config import LorabookError
+
+SAMPLES = [
+    dict(id=f"s{i}", group=f"a{i % 6}",
+         prompt=f"{1790 + i}, George Washington (No party):\n"
+                "The abundant fruits of another year have blessed us.",
+         response=("The progress of public credit is witnessed by a rise "
+                   "of American stock abroad. " * (1 + i % 3)).strip())
+    for i in range(12)
+]
+
+
+@pytest.fixture(scope="module")
+def encoded(tokenizer):
+    from datasets import Dataset
+    return Dataset.from_list([P.encode(s["prompt"], s["response"], tokenizer,
+                                       96) for s in SAMPLES])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_cfg):
+    return M.load_model(tiny_cfg, quantize=False)
+
+
+def test_find_sublist():
+    assert F.find_sublist([1, 2, 3, 2, 3], [2, 3]) == 3
+    assert F.find_sublist([1, 2, 3], [3, 4]) == -1
+
+
+def test_trailing_space_template_masks_everything(tokenizer):
+    ds = F.template_search_dataset(SAMPLES, tokenizer, "alpaca",
+                                   "### Response: ", 96)
+    assert not any(ds["found"])
+    assert all(all(l == -100 for l in labels) for labels in ds["labels"])
+    with pytest.raises(LorabookError, match="no learned token"):
+        P.check_learned_tokens(ds)
+
+
+def test_template_without_space_and_chatml_are_found(tokenizer):
+    for layout, template in (("alpaca", "### Response:"),
+                             ("chatml", "<|im_start|>assistant\n")):
+        ds = F.template_search_dataset(SAMPLES, tokenizer, layout, template,
+                                       96)
+        assert all(ds["found"])
+        assert P.check_learned_tokens(ds) > 0
+    # With ChatML the search finds exactly lorabook's boundary here.
+    for s, labels in zip(SAMPLES, ds["labels"]):
+        ours = P.encode(s["prompt"], s["response"], tokenizer, 96)["labels"]
+        assert [l for l in labels if l != -100] == \
+            [l for l in ours if l != -100]
+
+
+def test_boundary_comparison_rows(tokenizer):
+    rows = F.boundary_comparison(SAMPLES, tokenizer, 96)
+    assert rows[0]["kept_share"] == 1.0 and rows[0]["fully_masked"] == 0
+    trailing = rows[-1]
+    assert "trailing space" in trailing["method"]
+    assert trailing["template_found"] == 0
+    assert trailing["fully_masked"] == len(SAMPLES)
+    assert trailing["learned_tokens"] == 0
+
+
+def test_fully_masked_batch_has_no_loss(tiny_model, tokenizer):
+    ds = F.template_search_dataset(SAMPLES, tokenizer, "alpaca",
+                                   "### Response: ", 96)
+    assert math.isnan(F.batch_loss(tiny_model, ds, P.Collator(tokenizer)))
+
+
+def test_eos_masked_by_id_when_pad_is_eos(encoded, tokenizer):
+    assert F.pad_is_eos(tokenizer).pad_token_id == tokenizer.eos_token_id
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id  # not mutated
+    rows = F.eos_label_counts(encoded, tokenizer, batch_size=5)
+    n = len(SAMPLES)
+    assert [r["examples_ending_in_eos"] for r in rows] == [n] * 4
+    assert rows[0]["eos_learned"] == n and rows[1]["eos_learned"] == n
+    assert rows[2]["eos_learned"] == 0 and rows[3]["eos_learned"] == 0
+
+
+def test_perplexity_variants(tiny_model, encoded, tokenizer):
+    rows = F.perplexity_variants(tiny_model, encoded, P.Collator(tokenizer),
+                                 batch_sizes=(1, 4, 12))
+    ref = rows[0]["token_weighted"]
+    for r in rows:
+        assert r["token_weighted"] == pytest.approx(ref, rel=1e-4)
+    # Without padding (batch size 1) padding cannot be scored ...
+    assert rows[0]["padding_tokens"] == 0
+    assert rows[0]["padding_scored"] == pytest.approx(ref, rel=1e-4)
+    # ... with it, the wrong ways move with the batch size.
+    assert rows[2]["padding_tokens"] > 0
+    assert abs(rows[2]["padding_scored"] - ref) / ref > 1e-3
+    assert abs(rows[0]["mean_of_batch_means"] - ref) / ref > 1e-3
+    assert abs(rows[0]["mean_of_sample_ppl"] - ref) / ref > 1e-3
+
+
+def test_normalised_perplexity(tiny_model, encoded, tokenizer):
+    r = F.normalised_perplexity(tiny_model, encoded, tokenizer,
+                                P.Collator(tokenizer), batch_size=5)
+    text = " ".join(s["response"] for s in SAMPLES)
+    assert r["words"] == len(text.split())
+    assert r["bytes"] == len(text.encode()) - (len(SAMPLES) - 1)
+    assert r["word_perplexity"] == pytest.approx(
+        math.exp(r["nll"] / r["words"]))
+    assert r["bits_per_byte"] == pytest.approx(
+        math.log2(r["byte_perplexity"]))
+    assert r["word_perplexity"] > r["token_perplexity"] > r["byte_perplexity"]
+
+
+def test_label_names_demo(tiny_model, encoded, tokenizer):
+    rows = F.label_names_demo(tiny_model, encoded.select(range(4)),
+                              P.Collator(tokenizer), batch_size=4)
+    default, explicit, empty, info = rows
+    assert explicit["eval_loss"] is not None
+    assert empty["eval_loss"] is None and empty["reported"] == []
+    # transformers 5.24 looks the labels up on the unwrapped model.
+    assert default["trainer_label_names"] == "['labels']"
+    assert default["eval_loss"] == pytest.approx(explicit["eval_loss"])
+    assert info["peft_class"] == "PeftModelForCausalLM"
+
+
+def test_passage_vs_address_split():
+    samples = [dict(id=f"{g}-{i}", group=f"g{g}", response=f"word{g} x{i} y")
+               for g in range(20) for i in range(10)]
+    sp = F.passage_vs_address_split(samples, seed=0, n_test=10, n_train=60)
+    test_ids = {s["id"] for s in sp["test"]}
+    test_groups = set(sp["test_groups"])
+    assert {s["group"] for s in sp["test"]} <= test_groups
+    for split in ("address", "passage"):
+        assert len(sp[split]) == 60
+        assert not test_ids & {s["id"] for s in sp[split]}
+    assert not test_groups & {s["group"] for s in sp["address"]}
+    # Seeded: the same draw twice.
+    again = F.passage_vs_address_split(samples, seed=0, n_test=10, n_train=60)
+    assert [s["id"] for s in again["passage"]] == \
+        [s["id"] for s in sp["passage"]]
+
+
+def test_overlap_stats():
+    train = [dict(group="a", response="the treaty of ghent was signed")]
+    test = [dict(group="a", response="the treaty of ghent is old")]
+    st = F.overlap_stats(test, train)
+    assert st["mean_longest_run"] == 4
+    assert st["ngram_seen_share"] == pytest.approx(2 / 4)
+    assert st["test_addresses_in_train"] == 1
+    rows = F.split_leakage(
+        [dict(id=f"{g}-{i}", group=f"g{g}", response=f"w{g} {i} a b")
+         for g in range(20) for i in range(10)],
+        seed=0, n_test=10, n_train=50, repeats=2)
+    by = {r["split"]: r for r in rows}
+    assert by["by address"]["test_addresses_in_train"] == 0
+    assert by["by passage"]["test_addresses_in_train"] > 0
