@@ -99,6 +99,13 @@ def cmd_prepare_model(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from lorabook.bench import markdown_table, run_bench
+    print(markdown_table(run_bench(_cfg(args), steps=args.steps,
+                                   force=args.force)))
+    return 0
+
+
 def cmd_submission(args) -> int:
     from lorabook.submission import make_submission
     pdf, zipf = make_submission(args.name)
@@ -149,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare-model",
                        help="convert the bundled GGUF base model once")
     p.set_defaults(func=cmd_prepare_model)
+    p = sub.add_parser("bench", help="reference vs lorabook training speed")
+    _config_args(p)
+    p.add_argument("--steps", type=int, help="optimizer steps per recipe")
+    p.add_argument("--force", action="store_true",
+                   help="measure again even if a cached result exists")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("submission", help="write the PDF and the ZIP to hand in")
     p.add_argument("--name", required=True, help="Lastname_Firstname")
     p.set_defaults(func=cmd_submission)

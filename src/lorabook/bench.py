@@ -1,0 +1,674 @@
+"""Training benchmark (appendix A5, `lorabook bench`): reference vs lorabook.
+
+Trains, side by side and each in its own subprocess (so that its peak RSS is
+its own), the assignment's recipe and lorabook's default recipe on the same
+model, the same training batches in the same order and so the same number
+of real (non-padding) tokens:
+
+* reference: bitsandbytes 8-bit base, `prepare_model_for_kbit_training`
+  with its defaults (gradient checkpointing on), every sample padded to
+  256 tokens, fp32 compute, the model's own loss over all positions;
+* lorabook: `Int8Linear` 8-bit base, bf16 autocast (where the CPU has it),
+  LM head only at labelled positions, dynamic padding of length-grouped
+  batches, no gradient checkpointing.
+
+Both use the same lean loop (AdamW on the LoRA parameters, the config's
+learning rate, linear warm-up and decay, gradient clipping at 1.0, as the
+Trainer does), so the recipe is the only difference. For each it reports
+real tokens/s, seconds per epoch, peak RSS, the token-weighted validation
+loss on a fixed slice after training, utilisation against the machine's
+GEMM peaks (measured in the same run) and a profile of one step grouped
+into LM head + loss, attention, 8-bit matmuls, LoRA, optimizer and other.
+Results are cached in `runs/bench/results.json` per config and settings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lorabook.config import Config, LorabookError
+
+RECIPES = ("reference", "lorabook")
+REFERENCE_PAD_TO = 256      # the assignment's max_length, every sample
+CATEGORIES = ("lm_head_loss", "attention", "int8_matmul", "lora",
+              "optimizer", "other")
+CATEGORY_LABELS = {
+    "lm_head_loss": "LM head + softmax/cross-entropy",
+    "attention": "attention (sdpa, softmax, bmm, RoPE)",
+    "int8_matmul": "8-bit matmuls (bitsandbytes / Int8Linear)",
+    "lora": "LoRA (A, B, dropout)",
+    "optimizer": "optimizer (AdamW, clipping, zero_grad)",
+    "other": "other (norms, MLP activation, embeddings, casts)",
+}
+BENCH_VERSION = 1           # bump when the measurement itself changes
+
+
+def default_steps(cfg: Config) -> int:
+    """Optimizer steps per recipe: a few on the tiny model, else enough
+    for a stable rate while the slow reference stays within minutes."""
+    return 3 if cfg.preset == "tiny" else 16
+
+
+def recipe_config(cfg: Config, recipe: str) -> Config:
+    """The config each recipe trains with (same model, data, LoRA, lr)."""
+    if recipe == "reference":
+        return cfg.replace(quant_backend="bitsandbytes", load_in_8bit=True,
+                           gradient_checkpointing=True, padding="max_length",
+                           bf16=False, label_only_head=False)
+    if recipe == "lorabook":
+        return cfg.replace(quant_backend="int8cpu", load_in_8bit=True,
+                           gradient_checkpointing=False, padding="longest",
+                           bf16=None, label_only_head=True)
+    raise LorabookError(f"unknown recipe {recipe!r}; one of {RECIPES}")
+
+
+# --------------------------------------------------------------------------
+# The machine: GEMM peaks, CPU model, load.
+
+def gemm_peaks(n: int = 1536, threads: int | None = None,
+               seconds: float = 0.6) -> dict:
+    """Measured GEMM throughput (GFLOP/s; GOP/s for int8) of square n x n
+    matmuls: fp32 and bf16 `torch.mm`, int8 `torch._int_mm`. Best of a few
+    repetitions (other load only ever slows a run down)."""
+    import torch
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        out = {}
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16),
+                            ("int8", torch.int8)):
+            if dtype is torch.int8:
+                a = torch.randint(-127, 128, (n, n), generator=g,
+                                  dtype=torch.int8)
+                b = torch.randint(-127, 128, (n, n), generator=g,
+                                  dtype=torch.int8)
+                mm = torch._int_mm
+            else:
+                a = torch.randn(n, n, generator=g).to(dtype)
+                b = torch.randn(n, n, generator=g).to(dtype)
+                mm = torch.mm
+            for _ in range(3):                    # warm-up: kernels, threads
+                mm(a, b)
+            best, t_end = math.inf, time.perf_counter() + seconds
+            reps = 0
+            while reps < 3 or time.perf_counter() < t_end:
+                t = time.perf_counter()
+                mm(a, b)
+                best = min(best, time.perf_counter() - t)
+                reps += 1
+            out[name] = 2 * n ** 3 / best / 1e9
+        return out
+    finally:
+        torch.set_num_threads(old)
+
+
+def machine_info() -> dict:
+    import torch
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        from lorabook.int8cpu import is_fast_bf16_cpu
+        fast_bf16 = is_fast_bf16_cpu()
+    except Exception:            # noqa: BLE001 - informational only
+        fast_bf16 = None
+    versions = {}
+    import importlib.metadata as md
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return dict(cpu=cpu, logical_cpus=os.cpu_count(),
+                torch_threads=torch.get_num_threads(),
+                native_bf16=fast_bf16, python=platform.python_version(),
+                platform=platform.platform(), versions=versions)
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------
+# The data: one list of batches, used by both recipes.
+
+def batch_plan(cfg: Config, steps: int, train_ds=None, tokenizer=None) -> list:
+    """Indices of the training samples of each step; both recipes use this
+    plan, so they see the same samples in the same order.
+
+    The batches are those of one epoch of lorabook's length-grouped sampler
+    (seeded with the config's seed), `steps` of them taken evenly spread
+    over the epoch in their order: the sampler puts the longest batches
+    first, so its first few batches alone would not show the typical
+    padding of a batch. With more steps than batches, epochs repeat.
+    """
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    if train_ds is None:
+        train_ds = _encoded(cfg, tokenizer)["train"]
+    lengths = [len(x) for x in train_ds["input_ids"]]
+    bs = cfg.batch_size
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < steps:
+        gen = torch.Generator().manual_seed(cfg.seed + epoch)
+        order = list(LengthGroupedSampler(bs, lengths=lengths, generator=gen))
+        full = [order[i:i + bs] for i in range(0, len(order) - bs + 1, bs)]
+        need = steps - len(batches)
+        if need >= len(full):
+            batches += full
+        else:
+            batches += [full[round(k * len(full) / need)] for k in range(need)]
+        epoch += 1
+    return batches
+
+
+def _encoded(cfg: Config, tokenizer=None) -> dict:
+    from lorabook import model as M
+    from lorabook import train as T
+    tokenizer = tokenizer or M.load_tokenizer(cfg)
+    _, _, enc = T.prepare_data(cfg, tokenizer)
+    return enc.splits
+
+
+def val_slice_size(cfg: Config) -> int:
+    return 8 if cfg.preset == "tiny" else 32
+
+
+# --------------------------------------------------------------------------
+# The profile: one step, every op's self time given to one category.
+
+class _Labels:
+    """Forward hooks that open a profiler range per interesting module, so
+    ops inside know whether they belong to the LM head, attention, an 8-bit
+    layer or LoRA (the innermost label wins)."""
+
+    def __init__(self, model):
+        from torch import nn
+        from peft.tuners.lora import LoraLayer
+        from lorabook.int8cpu import Int8Linear
+        try:
+            from bitsandbytes.nn import Linear8bitLt
+            int8_types = (Int8Linear, Linear8bitLt)
+        except ImportError:
+            int8_types = (Int8Linear,)
+        head = model.get_base_model().get_output_embeddings()
+        self.handles = []
+        for name, mod in model.named_modules():
+            leaf = name.rsplit(".", 1)[-1]
+            if mod is head:
+                label = "lm_head_loss"
+            elif isinstance(mod, int8_types):
+                label = "int8_matmul"
+            elif isinstance(mod, LoraLayer) or leaf in (
+                    "lora_A", "lora_B", "lora_dropout") or \
+                    ".lora_" in name:
+                label = "lora"
+            elif leaf in ("self_attn", "attention", "attn") and \
+                    isinstance(mod, nn.Module):
+                label = "attention"
+            else:
+                continue
+            self._hook(mod, f"bench::{label}")
+
+    def _hook(self, mod, name):
+        from torch.profiler import record_function
+
+        def pre(m, args):
+            rf = record_function(name)
+            rf.__enter__()
+            m.__dict__.setdefault("_bench_rf", []).append(rf)
+
+        def post(m, args, out):
+            m.__dict__["_bench_rf"].pop().__exit__(None, None, None)
+
+        self.handles += [mod.register_forward_pre_hook(pre),
+                         mod.register_forward_hook(post)]
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _category(ev, vocab: int, r: int) -> str | None:
+    """The category an event itself names, or None to ask its parent."""
+    name = ev.name
+    low = name.lower()
+    if name.startswith("bench::") and name[7:] in CATEGORIES:
+        return name[7:]
+    if name.startswith("bench::optimizer") or "optimizer." in low or \
+            "adamw" in low or "clip_grad" in low:
+        return "optimizer"
+    if any(k in low for k in ("log_softmax", "logsoftmax", "nll_loss",
+                              "nllloss", "cross_entropy")):
+        return "lm_head_loss"
+    if any(k in low for k in ("matmul8bit", "dequantlinear", "int8mm",
+                              "bitsandbytes", "int8_", "_int_mm")):
+        return "int8_matmul"
+    if any(k in low for k in ("scaled_dot_product", "scaleddotproduct",
+                              "softmax", "bmm")):
+        return "attention"
+    dims = [d for s in (ev.input_shapes or []) if isinstance(s, list)
+            for d in s if isinstance(d, int)]
+    # The vocabulary dimension only occurs in the LM head and its loss
+    # (the embedding lookup aside); the LoRA rank only in LoRA's 2-D
+    # matmuls (3-D ops could have the batch size there instead).
+    if vocab in dims and "embedding" not in low:
+        return "lm_head_loss"
+    if name in ("aten::mm", "aten::addmm") and r in dims:
+        return "lora"
+    return None
+
+
+def profile_shares(events, vocab: int, r: int) -> dict:
+    """Self CPU time of every event, summed per category (shares of 1),
+    plus the forward/backward/optimizer phase split and the share of
+    backward time that re-runs forward modules (gradient checkpointing)."""
+    cat_t = dict.fromkeys(CATEGORIES, 0.0)
+    phase_t = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0, "other": 0.0}
+    recompute = 0.0
+    memo: dict[int, tuple] = {}
+
+    def info(ev):
+        key = id(ev)
+        if key in memo:
+            return memo[key]
+        parent = ev.cpu_parent
+        p_cat, p_phase, p_mod = info(parent) if parent is not None else \
+            (None, None, False)
+        cat = _category(ev, vocab, r) or p_cat
+        phase = p_phase
+        if ev.name in ("bench::forward", "bench::backward", "bench::optimizer"):
+            phase = ev.name[7:]
+        is_mod = p_mod or (ev.name.startswith("bench::")
+                           and ev.name[7:] in CATEGORIES
+                           and ev.name != "bench::optimizer")
+        # Innermost wins: a child's own category beats the parent's, but a
+        # generic op under a labelled module inherits the label.
+        res = (cat, phase, is_mod)
+        memo[key] = res
+        return res
+
+    total = 0.0
+    other_ops: dict[str, float] = {}
+    for ev in events:
+        t = ev.self_cpu_time_total
+        if t <= 0:
+            continue
+        cat, phase, in_mod = info(ev)
+        cat_t[cat or "other"] += t
+        if cat is None:
+            other_ops[ev.name] = other_ops.get(ev.name, 0.0) + t
+        phase_t[phase or "other"] += t
+        if phase == "backward" and in_mod:
+            recompute += t
+        total += t
+    total = total or 1.0
+    return dict(
+        shares={k: v / total for k, v in cat_t.items()},
+        phases={k: v / total for k, v in phase_t.items()},
+        backward_recompute_share=recompute / total,
+        top_other={k: v / total for k, v in sorted(
+            other_ops.items(), key=lambda kv: -kv[1])[:8]},
+        profiled_ms=total / 1e3)
+
+
+# --------------------------------------------------------------------------
+# One recipe, in a child process.
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _linear_lr(step: int, total: int, warmup: int, lr: float) -> float:
+    """transformers' linear schedule with warm-up, as the Trainer runs it."""
+    if step < warmup:
+        return lr * (step + 1) / max(1, warmup)
+    return lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
+               n_val: int | None = None) -> dict:
+    """Train one recipe on the planned batches; return its measurements.
+
+    Meant to run in a fresh process (see `run_bench`), so that the peak RSS
+    it reports is its own.
+    """
+    import warnings
+    import torch
+    from lorabook import evaluate as E
+    from lorabook import model as M
+    from lorabook import preprocess as P
+    from lorabook import report
+    from lorabook import train as T
+    warnings.filterwarnings("ignore")
+    report.setup()
+    rcfg = recipe_config(cfg, recipe)
+    tok = M.load_tokenizer(rcfg)
+    splits = _encoded(rcfg, tok)
+    train_ds, val_ds = splits["train"], splits["validation"]
+    n_val = n_val or val_slice_size(cfg)
+    val_ds = val_ds.select(range(min(n_val, len(val_ds))))
+    pad_to = REFERENCE_PAD_TO if rcfg.padding == "max_length" else None
+    if pad_to is not None and max(len(x) for x in train_ds["input_ids"]) > pad_to:
+        raise LorabookError(f"samples longer than {pad_to} tokens")
+    collate = P.Collator(tok, rcfg.padding, pad_to)
+    feats = [{k: train_ds[i][k] for k in ("input_ids", "attention_mask", "labels")}
+             for i in sorted({i for b in plan for i in b})]
+    by_index = dict(zip(sorted({i for b in plan for i in b}), feats))
+    batches = [collate([by_index[i] for i in b]) for b in plan]
+
+    t0 = time.perf_counter()
+    model = M.load_model(rcfg)
+    load_s = time.perf_counter() - t0
+    bf16 = M.use_bf16(rcfg)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    n_base = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    opt = torch.optim.AdamW(params, lr=rcfg.learning_rate,
+                            weight_decay=rcfg.weight_decay)
+    steps = len(batches)
+    warmup = math.ceil(rcfg.warmup_ratio * steps) if rcfg.warmup_ratio else 0
+    head = model.get_base_model().get_output_embeddings()
+    vocab = head.weight.shape[0]
+
+    def loss_of(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = None
+            if rcfg.label_only_head:
+                loss = T.label_only_loss(model, batch)
+            if loss is None:
+                loss = model(**batch).loss
+        return loss
+
+    def step(i, batch):
+        from torch.profiler import record_function
+        for g in opt.param_groups:
+            g["lr"] = _linear_lr(i, steps, warmup, rcfg.learning_rate)
+        with record_function("bench::forward"):
+            loss = loss_of(batch)
+        with record_function("bench::backward"):
+            loss.backward()
+        with record_function("bench::optimizer"):
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    torch.manual_seed(rcfg.seed)      # LoRA dropout
+    losses, times = [], []
+    for i, batch in enumerate(batches):
+        t = time.perf_counter()
+        losses.append(step(i, batch))
+        times.append(time.perf_counter() - t)
+        if not math.isfinite(losses[-1]):
+            raise LorabookError(f"{recipe}: loss became {losses[-1]} at step {i}")
+    peak_train = _peak_rss_mb()
+
+    real = [int(b["attention_mask"].sum()) for b in batches]
+    computed = [int(b["input_ids"].numel()) for b in batches]
+    learned = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
+    # The first step pays one-off costs (kernel choice, allocator growth);
+    # the rate is over the others when there are any.
+    timed = slice(1, None) if steps > 1 else slice(None)
+    tok_s = sum(real[timed]) / sum(times[timed])
+
+    val_collate = P.Collator(tok, "longest")
+    sums, counts = E.response_nll(model, val_ds, val_collate, batch_size=8)
+    val_loss = float(sums.sum() / counts.sum())
+
+    prof = None
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as tprofile
+        model.train()
+        labels = _Labels(model)
+        try:
+            step(0, batches[0])                 # warm the hooks once
+            with tprofile(activities=[ProfilerActivity.CPU],
+                          record_shapes=True) as p:
+                step(0, batches[0])
+        finally:
+            labels.remove()
+        prof = profile_shares(p.events(), vocab, rcfg.lora_r)
+
+    all_real = sum(sum(m) for m in train_ds["attention_mask"])
+    return dict(
+        recipe=recipe, quant_backend=M.quant_backend(rcfg), bf16=bf16,
+        gradient_checkpointing=rcfg.gradient_checkpointing,
+        padding=rcfg.padding if pad_to is None else f"max_length={pad_to}",
+        label_only_head=rcfg.label_only_head, batch_size=rcfg.batch_size,
+        steps=steps, real_tokens=sum(real), computed_tokens=sum(computed),
+        learned_tokens=sum(learned),
+        padding_share=1 - sum(real) / sum(computed),
+        step_times_s=times, losses=losses,
+        train_s=sum(times), tokens_per_s=tok_s,
+        epoch_real_tokens=all_real, n_train=len(train_ds),
+        seconds_per_epoch=all_real / tok_s,
+        peak_rss_mb=peak_train, peak_rss_mb_with_eval=_peak_rss_mb(),
+        load_s=load_s, val_loss=val_loss, val_tokens=int(counts.sum()),
+        n_val=len(val_ds), base_params=n_base, trainable_params=n_trainable,
+        vocab=vocab, threads=torch.get_num_threads(), profile=prof)
+
+
+# --------------------------------------------------------------------------
+# The driver.
+
+def _bench_key(cfg: Config, steps: int, gemm_n: int) -> dict:
+    return dict(config_hash=cfg.hash(), steps=steps, gemm_n=gemm_n,
+                pad_to=REFERENCE_PAD_TO, n_val=val_slice_size(cfg),
+                version=BENCH_VERSION)
+
+
+def _child(kind: str, spec: dict, timeout: float | None = None) -> dict:
+    """Run `python -m lorabook.bench --child` and return its JSON."""
+    with tempfile.TemporaryDirectory() as d:
+        spec_path, out_path = Path(d) / "spec.json", Path(d) / "out.json"
+        spec_path.write_text(json.dumps(dict(spec, kind=kind, out=str(out_path))))
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false",
+                   HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+        src = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+        p = subprocess.run([sys.executable, "-m", "lorabook.bench", "--child",
+                            str(spec_path)], capture_output=True, text=True,
+                           env=env, timeout=timeout)
+        if p.returncode or not out_path.is_file():
+            tail = "\n".join(p.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(f"bench child {kind!r} failed "
+                               f"(exit {p.returncode}):\n{tail}")
+        return json.loads(out_path.read_text())
+
+
+def _child_main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = _config_from_dict(spec["config"])
+    if spec["kind"] == "gemm":
+        out = dict(threads={str(t): gemm_peaks(spec["gemm_n"], threads=t)
+                            for t in spec["threads"]})
+    else:
+        out = run_recipe(cfg, spec["kind"], spec["plan"],
+                         profile=spec.get("profile", True))
+    Path(spec["out"]).write_text(json.dumps(out))
+
+
+def _config_from_dict(d: dict) -> Config:
+    d = dict(d)
+    if d.get("target_modules") is not None:
+        d["target_modules"] = tuple(d["target_modules"])
+    return Config(**d)
+
+
+def utilisation(entry: dict, peaks: dict) -> dict:
+    """Useful FLOP/s against each measured peak.
+
+    The FLOP model is the issue's: a LoRA step costs about 4*N FLOP per real
+    token (2N forward, 2N for the input gradients; the frozen weights need
+    no weight gradient, LoRA's own FLOPs are negligible), with N = every
+    base-model parameter, the tied embedding counted once (it is the LM
+    head). It counts the useful work of a token, so work a recipe wastes
+    (padding, logits nobody needs, recomputation) lowers its utilisation.
+    """
+    flops = 4 * entry["base_params"] * entry["tokens_per_s"]
+    return {k: flops / (v * 1e9) for k, v in peaks.items()} | {
+        "useful_gflops": flops / 1e9}
+
+
+def bench_dir(cfg: Config, out_dir: str | None = None) -> Path:
+    """`runs/bench` for the default preset, `runs/bench-<preset>` else, so
+    a tiny build of the book never evicts the real benchmark's cache."""
+    if out_dir is None:
+        out_dir = "runs/bench" if cfg.preset == "default" else \
+            f"runs/bench-{cfg.preset}"
+    return cfg.resolve(out_dir)
+
+
+def run_bench(cfg: Config, *, steps: int | None = None,
+              out_dir: str | None = None, force: bool = False,
+              gemm_n: int | None = None, profile: bool = True,
+              verbose: bool = True) -> dict:
+    """Benchmark the reference recipe against lorabook's; cache the result.
+
+    Returns the dict also written to `<out_dir>/results.json` (and a
+    Markdown table to `results.md`); out_dir defaults to `runs/bench`
+    (`runs/bench-<preset>` for other presets). A cached result of the same
+    config and settings is reused unless `force`.
+    """
+    steps = steps or default_steps(cfg)
+    if steps < 1:
+        raise LorabookError("steps must be a positive integer")
+    gemm_n = gemm_n or (512 if cfg.preset == "tiny" else 1536)
+    out = bench_dir(cfg, out_dir)
+    path = out / "results.json"
+    key = _bench_key(cfg, steps, gemm_n)
+    if not force and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("key") == key:
+            if verbose:
+                print(f"Reusing the benchmark in {path}")
+            return old
+
+    t_start = time.time()
+    load_before = loadavg()
+    spec = dict(config=cfg.to_dict())
+    plan = batch_plan(cfg, steps)
+    if verbose:
+        print(f"GEMM peaks ({gemm_n}x{gemm_n}) ...", flush=True)
+    threads = sorted({1, _threads()})
+    gemm = _child("gemm", dict(spec, gemm_n=gemm_n, threads=threads))
+    peaks = gemm["threads"][str(_threads())]
+    entries = {}
+    for recipe in RECIPES:
+        if verbose:
+            print(f"Training the {recipe} recipe for {steps} steps ...",
+                  flush=True)
+        e = _child(recipe, dict(spec, plan=plan, profile=profile))
+        e["utilisation"] = utilisation(e, peaks)
+        entries[recipe] = e
+        if verbose:
+            print(f"  {e['tokens_per_s']:.1f} real tok/s, peak RSS "
+                  f"{e['peak_rss_mb']:.0f} MB, val loss {e['val_loss']:.4f}",
+                  flush=True)
+    ref, lb = entries["reference"], entries["lorabook"]
+    if ref["real_tokens"] != lb["real_tokens"]:
+        raise RuntimeError("the recipes saw different numbers of real tokens")
+    result = dict(
+        key=key, preset=cfg.preset, steps=steps, batch_size=cfg.batch_size,
+        reference=ref, lorabook=lb,
+        speedup=lb["tokens_per_s"] / ref["tokens_per_s"],
+        memory_ratio=lb["peak_rss_mb"] / ref["peak_rss_mb"],
+        val_loss_diff=lb["val_loss"] - ref["val_loss"],
+        target_speedup=5.0, target_memory_ratio=1 / 3,
+        peaks=peaks, peaks_by_threads=gemm["threads"], gemm_n=gemm_n,
+        flop_model="4 * N FLOP per real token, N = base parameters "
+                   "(tied embedding / LM head counted once)",
+        machine=dict(machine_info(), load_before=load_before,
+                     load_after=loadavg()),
+        wall_s=time.time() - t_start,
+        finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    (out / "results.md").write_text(markdown_table(result) + "\n")
+    return result
+
+
+def _threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
+def table_rows(result: dict) -> list[dict]:
+    """One row per recipe: what the book's table and `results.md` show."""
+    rows = []
+    for recipe in RECIPES:
+        e = result[recipe]
+        rows.append({
+            "recipe": recipe,
+            # Pre-formatted: one float format cannot suit every column.
+            "real tok/s": f"{e['tokens_per_s']:.1f}",
+            "s/epoch": f"{e['seconds_per_epoch']:.0f}",
+            "peak RSS (MB)": f"{e['peak_rss_mb']:.0f}",
+            "val loss": f"{e['val_loss']:.4f}",
+            "util. fp32 peak": f"{e['utilisation']['fp32']:.1%}",
+            "util. bf16 peak": f"{e['utilisation']['bf16']:.1%}",
+            "padding": f"{e['padding_share']:.0%}",
+        })
+    return rows
+
+
+def profile_rows(result: dict) -> list[dict]:
+    rows = []
+    for cat in CATEGORIES:
+        rows.append({"where the time goes": CATEGORY_LABELS[cat], **{
+            r: f"{(result[r]['profile'] or {}).get('shares', {}).get(cat, 0):.1%}"
+            for r in RECIPES}})
+    return rows
+
+
+def markdown_table(result: dict) -> str:
+    import pandas as pd
+    lines = [pd.DataFrame(table_rows(result)).to_markdown(index=False), "",
+             f"speedup (real tok/s, lorabook / reference): "
+             f"{result['speedup']:.2f}x; peak RSS ratio: "
+             f"{result['memory_ratio']:.2f}; {result['steps']} steps of "
+             f"batch {result['batch_size']}, "
+             f"{result['reference']['real_tokens']} real tokens each"]
+    if all(result[r].get("profile") for r in RECIPES):
+        lines += ["", pd.DataFrame(profile_rows(result)).to_markdown(index=False)]
+    p = result["peaks"]
+    m = result["machine"]
+    lines += ["", f"GEMM peaks ({m['torch_threads']} threads): fp32 "
+              f"{p['fp32']:.0f} GFLOP/s, bf16 {p['bf16']:.0f} GFLOP/s, int8 "
+              f"{p['int8']:.0f} GOP/s; load average before "
+              f"{m['load_before']}, after {m['load_after']}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", required=True)
+    _child_main(ap.parse_args().child)
