@@ -79,8 +79,9 @@ def perplexity_bars(result: dict):
         hi = [result[s][model]["ci_high"] - v for s, v in zip(splits, vals)]
         ax.bar(xs, vals, width, yerr=[lo, hi], capsize=4, color=colors[model],
                label={"base": "base model", "finetuned": "fine-tuned"}[model])
-        for x, v in zip(xs, vals):
-            ax.text(x, v * 1.02, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+        for x, v, h in zip(xs, vals, hi):
+            ax.text(x, v + h + 0.5, f"{v:.1f}", ha="center", va="bottom",
+                    fontsize=8)
     ax.set_xticks(range(len(splits)), splits)
     ax.set_ylabel("perplexity (response tokens)")
     ax.legend(fontsize=8)

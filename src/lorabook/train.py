@@ -87,10 +87,11 @@ class Run:
     def log_table(self):
         """One row per logging step / evaluation, as a DataFrame."""
         import pandas as pd
-        rows = [{k: v for k, v in r.items() if k in (
-            "step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm")}
-            for r in self.log_history if "loss" in r or "eval_loss" in r]
-        return pd.DataFrame(rows)
+        cols = ["step", "epoch", "loss", "eval_loss", "learning_rate",
+                "grad_norm"]
+        rows = [{k: r.get(k) for k in cols}
+                for r in self.log_history if "loss" in r or "eval_loss" in r]
+        return pd.DataFrame(rows, columns=cols)
 
 
 def load_run(path: str | os.PathLike) -> Run:
