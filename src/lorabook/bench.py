@@ -444,7 +444,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
         model.train()
         labels = _Labels(model)
         try:
-            step(0, batches[0])                 # warm the hooks once
+            # The training steps above warmed everything up already.
             with tprofile(activities=[ProfilerActivity.CPU],
                           record_shapes=True) as p:
                 step(0, batches[0])

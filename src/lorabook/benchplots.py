@@ -43,7 +43,7 @@ def profile_shares(result: dict):
     from lorabook.bench import CATEGORIES, CATEGORY_LABELS, RECIPES
     import seaborn as sns
     palette = sns.color_palette("deep", len(CATEGORIES))
-    fig, ax = plt.subplots(figsize=(7, 2.6))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     # Bars in seconds per 1,000 real tokens: shares alone would hide that
     # the reference's whole bar is longer.
     for i, recipe in enumerate(RECIPES):
@@ -59,7 +59,8 @@ def profile_shares(result: dict):
     ax.set_yticks(range(len(RECIPES)), RECIPES)
     ax.invert_yaxis()
     ax.set_xlabel("seconds per 1,000 real tokens (split by profile shares)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28),
+              ncol=2, frameon=False)
     fig.tight_layout()
     plt.close(fig)
     return fig
