@@ -48,22 +48,30 @@ def perplexity(total_nll: float, n_tokens: int) -> float:
 
 
 @torch.no_grad()
-def response_nll(model, dataset, collator, batch_size: int = 16):
-    """Per-example summed NLL of the learned tokens, and their counts.
+def shifted_logits(model, dataset, collator, batch_size: int = 16):
+    """Yield (batch, shifted labels, shifted float logits) per batch.
 
-    Summing per example (not averaging per batch) makes the split's
-    perplexity independent of batch size and padding.
+    Position t's logits predict token t + 1, so both are shifted by one.
+    The shared loop of every perplexity computation in the book.
     """
     model.eval()
-    sums, counts = [], []
     rows = [dataset[i] for i in range(len(dataset))]
     for i in range(0, len(rows), batch_size):
         feats = [{k: r[k] for k in ("input_ids", "attention_mask", "labels")}
                  for r in rows[i:i + batch_size]]
         batch = {k: v.to(M.device()) for k, v in collator(feats).items()}
         labels = batch.pop("labels")
-        logits = model(**batch).logits[:, :-1].float()
-        target = labels[:, 1:]
+        yield batch, labels[:, 1:], model(**batch).logits[:, :-1].float()
+
+
+def response_nll(model, dataset, collator, batch_size: int = 16):
+    """Per-example summed NLL of the learned tokens, and their counts.
+
+    Summing per example (not averaging per batch) makes the split's
+    perplexity independent of batch size and padding.
+    """
+    sums, counts = [], []
+    for _, target, logits in shifted_logits(model, dataset, collator, batch_size):
         nll = torch.nn.functional.cross_entropy(
             logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
         mask = target != -100

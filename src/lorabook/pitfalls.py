@@ -27,6 +27,7 @@ import tempfile
 import numpy as np
 import torch
 
+from lorabook import evaluate as E
 from lorabook import metrics as X
 from lorabook import model as M
 from lorabook import preprocess as P
@@ -219,26 +220,19 @@ def eos_label_counts(dataset, tokenizer, batch_size: int = 16) -> list[dict]:
 # 3. and 4. Perplexity: batching, padding, per-sample means, normalisation
 # --------------------------------------------------------------------------
 
-@torch.no_grad()
 def _token_nll(model, dataset, collator, batch_size: int):
     """Per batch: NLL at every shifted position, the learned-token mask
     and the padding mask (padding labelled with the pad id)."""
-    model.eval()
     out = []
-    rows = [dataset[i] for i in range(len(dataset))]
-    for i in range(0, len(rows), batch_size):
-        feats = [{k: r[k] for k in ("input_ids", "attention_mask", "labels")}
-                 for r in rows[i:i + batch_size]]
-        b = {k: v.to(M.device()) for k, v in collator(feats).items()}
-        labels = b.pop("labels")
-        logits = model(**b).logits[:, :-1].float()
+    for b, labels, logits in E.shifted_logits(model, dataset, collator,
+                                               batch_size):
         pad = b["attention_mask"][:, 1:] == 0
         # The wrong way's labels: padding not masked, so scored as pad ids.
-        target = torch.where(pad, b["input_ids"][:, 1:], labels[:, 1:])
+        target = torch.where(pad, b["input_ids"][:, 1:], labels)
         nll = torch.nn.functional.cross_entropy(
             logits.transpose(1, 2), target.clamp(min=0), reduction="none")
         out.append(dict(nll=nll.double().cpu(),
-                        learned=(labels[:, 1:] != -100).cpu(),
+                        learned=(labels != -100).cpu(),
                         pad=pad.cpu(), target=target.cpu()))
     return out
 

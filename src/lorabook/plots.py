@@ -44,7 +44,7 @@ def length_histogram(lengths: dict, max_length: int):
     return fig
 
 
-def loss_curve(log_history: list, base_val_loss: float, steps_per_epoch: float):
+def loss_curve(log_history: list, base_val_loss: float):
     """Training loss per logging step, validation loss per epoch, base line."""
     sns = _theme()
     import pandas as pd

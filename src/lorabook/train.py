@@ -22,8 +22,6 @@ from lorabook.config import Config, LorabookError
 from lorabook import model as M
 from lorabook import preprocess as P
 
-RUN_FILES = ("config.json", "split.json", "metrics.json", "log_history.json")
-
 
 def is_main_process() -> bool:
     """Rank 0 under torchrun / accelerate (DDP), or a plain single process.
