@@ -252,7 +252,10 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
         if verbose:
             print(f"Reusing the finished run in {out}")
         return run
-    if out.exists() and not resume and is_main_process():
+    # Under torchrun only rank 0 touches the directory: another rank that
+    # created it first would make rank 0 see an empty "earlier run" here.
+    if (out.exists() and any(p.is_file() for p in out.rglob("*"))
+            and not resume and is_main_process()):
         old = read_json(out / "config.json") if (out / "config.json").is_file() else {}
         if old.get("hash") != cfg.hash() or force:
             # Never delete a user's earlier run: move it aside.
@@ -263,7 +266,8 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
                 print(f"Moved an earlier run with another config to {stale}")
         else:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", dict(cfg.to_dict(), hash=cfg.hash()))
 
     tokenizer = M.load_tokenizer(cfg)
