@@ -186,3 +186,37 @@ def test_load_float_state_dict_quantizes():
     assert q.weight.dtype == torch.int8
     x = torch.randn(3, 64)
     assert rel(q(x), lin(x)) < 0.012
+
+
+def test_load_quantized_equals_load_then_quantize(tmp_path):
+    """Streaming int8 load gives exactly the model of from_pretrained +
+    quantize_model_8bit (weights, scales, tied head, rotary buffers)."""
+    from transformers import AutoModelForCausalLM
+    from lorabook.int8cpu import load_quantized, read_safetensors
+    _tiny_llama().save_pretrained(tmp_path, safe_serialization=True)
+    names = [n for n, _ in read_safetensors(next(tmp_path.glob("*.safetensors")))]
+    assert "model.embed_tokens.weight" in names
+    streamed = load_quantized(tmp_path)
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    quantize_model_8bit(ref)
+    a, b = streamed.state_dict(), ref.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for (n, x), (_, y) in zip(streamed.named_buffers(), ref.named_buffers()):
+        assert torch.equal(x, y), n          # non-persistent too (inv_freq)
+    assert streamed.lm_head.weight is streamed.model.embed_tokens.weight
+    assert not streamed.training
+    ids = torch.randint(0, 1000, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(streamed(ids).logits, ref.eval()(ids).logits)
+
+
+def test_load_quantized_falls_back_on_foreign_checkpoints(tmp_path):
+    from safetensors.torch import save_file
+    from lorabook.int8cpu import load_quantized
+    assert load_quantized(tmp_path / "missing") is None
+    _tiny_llama().config.save_pretrained(tmp_path)
+    save_file({"transformer.h.0.weight": torch.zeros(2, 2)},
+              str(tmp_path / "model.safetensors"))
+    assert load_quantized(tmp_path) is None       # names do not match

@@ -89,3 +89,35 @@ def test_int8cpu_backend_keeps_int8_weights(tiny_cfg):
 def test_invalid_backend_rejected(tiny_cfg):
     with pytest.raises(LorabookError, match="quant_backend"):
         tiny_cfg.replace(quant_backend="gguf")
+
+
+def test_micro_batches_give_the_full_batch_gradient(tiny_cfg, tokenizer):
+    """Gradient accumulation over micro-batches, each loss divided by the
+    whole batch's learned tokens, equals one full batch (bench and Trainer
+    both rely on this)."""
+    from lorabook.train import label_only_loss
+    model = M.load_model(tiny_cfg.replace(lora_dropout=0.0))
+    exs = [P.encode("1790, George Washington (No party):\nHello.", r, tokenizer, 64)
+           for r in ("World.", "A longer response to pad the other one.",
+                     "Short.", "And a fourth, medium-length response.")]
+    lora = [p for n, p in model.named_parameters() if p.requires_grad]
+    # A nonzero B so that the gradients of A are not all zero.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    collate = P.Collator(tokenizer)
+    label_only_loss(model, collate(exs)).backward()
+    full = [p.grad.clone() for p in lora]
+    model.zero_grad()
+    n = torch.tensor(sum(sum(1 for t in e["labels"][1:] if t != -100) for e in exs))
+    for part in (exs[:2], exs[2:]):
+        label_only_loss(model, collate(part), n).backward()
+    for g, p in zip(full, lora):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+def test_micro_batch_size_must_divide_batch_size(tiny_cfg):
+    with pytest.raises(LorabookError, match="micro_batch_size"):
+        tiny_cfg.replace(micro_batch_size=3)
+    assert tiny_cfg.replace(micro_batch_size=4).micro_batch_size == 4

@@ -49,7 +49,7 @@ CATEGORY_LABELS = {
     "optimizer": "optimizer (AdamW, clipping, zero_grad)",
     "other": "other (norms, MLP activation, embeddings, casts)",
 }
-BENCH_VERSION = 1           # bump when the measurement itself changes
+BENCH_VERSION = 2           # bump when the measurement itself changes
 
 
 def default_steps(cfg: Config) -> int:
@@ -63,7 +63,8 @@ def recipe_config(cfg: Config, recipe: str) -> Config:
     if recipe == "reference":
         return cfg.replace(quant_backend="bitsandbytes", load_in_8bit=True,
                            gradient_checkpointing=True, padding="max_length",
-                           bf16=False, label_only_head=False)
+                           bf16=False, label_only_head=False,
+                           micro_batch_size=None)
     if recipe == "lorabook":
         return cfg.replace(quant_backend="int8cpu", load_in_8bit=True,
                            gradient_checkpointing=False, padding="longest",
@@ -375,7 +376,12 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     feats = [{k: train_ds[i][k] for k in ("input_ids", "attention_mask", "labels")}
              for i in sorted({i for b in plan for i in b})]
     by_index = dict(zip(sorted({i for b in plan for i in b}), feats))
-    batches = [collate([by_index[i] for i in b]) for b in plan]
+    # lorabook's recipe may split a batch into micro-batches (gradient
+    # accumulation): the same samples and optimizer steps, less memory.
+    from lorabook.train import micro_batch
+    mb = micro_batch(rcfg) if rcfg.label_only_head else len(plan[0])
+    batches = [[collate([by_index[i] for i in b[j:j + mb]])
+                for j in range(0, len(b), mb)] for b in plan]
 
     t0 = time.perf_counter()
     model = M.load_model(rcfg)
@@ -392,28 +398,37 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     head = model.get_base_model().get_output_embeddings()
     vocab = head.weight.shape[0]
 
-    def loss_of(batch):
+    def loss_of(batch, n_items):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = None
             if rcfg.label_only_head:
-                loss = T.label_only_loss(model, batch)
+                loss = T.label_only_loss(model, batch, n_items)
             if loss is None:
                 loss = model(**batch).loss
         return loss
 
-    def step(i, batch):
+    def n_learned(micro):
+        return sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+
+    def step(i, micro):
         from torch.profiler import record_function
         for g in opt.param_groups:
             g["lr"] = _linear_lr(i, steps, warmup, rcfg.learning_rate)
-        with record_function("bench::forward"):
-            loss = loss_of(batch)
-        with record_function("bench::backward"):
-            loss.backward()
+        n_items = torch.tensor(n_learned(micro))
+        total = 0.0
+        for batch in micro:
+            # Each micro-batch's loss is its sum over the whole batch's
+            # learned tokens, so the gradients add up to the batch's.
+            with record_function("bench::forward"):
+                loss = loss_of(batch, n_items if len(micro) > 1 else None)
+            with record_function("bench::backward"):
+                loss.backward()
+            total += loss.item()
         with record_function("bench::optimizer"):
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        return loss.item()
+        return total
 
     torch.manual_seed(rcfg.seed)      # LoRA dropout
     losses, times = [], []
@@ -425,9 +440,9 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
             raise LorabookError(f"{recipe}: loss became {losses[-1]} at step {i}")
     peak_train = _peak_rss_mb()
 
-    real = [int(b["attention_mask"].sum()) for b in batches]
-    computed = [int(b["input_ids"].numel()) for b in batches]
-    learned = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
+    real = [sum(int(b["attention_mask"].sum()) for b in m) for m in batches]
+    computed = [sum(int(b["input_ids"].numel()) for b in m) for m in batches]
+    learned = [n_learned(m) for m in batches]
     # The first step pays one-off costs (kernel choice, allocator growth);
     # the rate is over the others when there are any.
     timed = slice(1, None) if steps > 1 else slice(None)
@@ -458,6 +473,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
         gradient_checkpointing=rcfg.gradient_checkpointing,
         padding=rcfg.padding if pad_to is None else f"max_length={pad_to}",
         label_only_head=rcfg.label_only_head, batch_size=rcfg.batch_size,
+        micro_batch_size=mb,
         steps=steps, real_tokens=sum(real), computed_tokens=sum(computed),
         learned_tokens=sum(learned),
         padding_share=1 - sum(real) / sum(computed),

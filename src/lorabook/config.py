@@ -63,6 +63,10 @@ class Config:
     # --- training ---------------------------------------------------------
     epochs: int = 3
     batch_size: int = 8
+    # Split each batch into micro-batches of this size and accumulate their
+    # gradients: the same optimizer steps, less activation memory. None:
+    # the whole batch at once.
+    micro_batch_size: int | None = None
     learning_rate: float = 5e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
@@ -139,6 +143,12 @@ def validate(cfg: Config) -> None:
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, int) or v < 1):
             problems.append(f"{name} must be a positive integer or null")
+    mb = cfg.micro_batch_size
+    if mb is not None and (not isinstance(mb, int) or isinstance(mb, bool)
+                           or mb < 1 or (isinstance(cfg.batch_size, int)
+                                         and cfg.batch_size % mb)):
+        problems.append(f"micro_batch_size must be a positive divisor of "
+                        f"batch_size ({cfg.batch_size}) or null, got {mb!r}")
     if not (0 <= cfg.lora_dropout < 1):
         problems.append(f"lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
     if not (0 < cfg.learning_rate < 1):

@@ -31,7 +31,10 @@ the LoRA delta into the int8 tensor).
 from __future__ import annotations
 
 import functools
-from typing import Iterable
+import json
+import struct
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +47,7 @@ __all__ = [
     "is_fast_bf16_cpu",
     "default_compute_dtype",
     "model_nbytes",
+    "load_quantized",
 ]
 
 
@@ -250,7 +254,8 @@ class Int8Linear(nn.Linear):
                 f"mode={self.mode}")
 
 
-def quantize_model_8bit(model: nn.Module, skip: Iterable[str] = ("lm_head",), **layer_kwargs) -> nn.Module:
+def quantize_model_8bit(model: nn.Module, skip: Iterable[str] = ("lm_head",),
+                        _empty: bool = False, **layer_kwargs) -> nn.Module:
     """Replace every ``nn.Linear`` whose name has no part in ``skip`` by
     ``Int8Linear``, in place, and return the model.
 
@@ -265,7 +270,13 @@ def quantize_model_8bit(model: nn.Module, skip: Iterable[str] = ("lm_head",), **
     for name, mod in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8Linear.from_linear(mod, **layer_kwargs))
+        if _empty:      # weights come later (load_quantized): don't read them
+            new = Int8Linear(mod.in_features, mod.out_features,
+                             bias=mod.bias is not None,
+                             device=mod.weight.device, **layer_kwargs)
+        else:
+            new = Int8Linear.from_linear(mod, **layer_kwargs)
+        setattr(parent, child, new)
         del mod
     # Marker for our own code; deliberately NOT `is_loaded_in_8bit`, which
     # would make transformers/peft treat the model as a bitsandbytes model.
@@ -295,3 +306,93 @@ def model_nbytes(model: nn.Module) -> int:
         seen.add(t.data_ptr())
         total += t.numel() * t.element_size()
     return total
+
+
+# --------------------------------------------------------------------------
+# Loading straight into int8: never hold the full-precision model.
+
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "F64": torch.float64, "I64": torch.int64, "I32": torch.int32,
+              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def read_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) from one .safetensors file, one tensor at a time.
+
+    Plain reads instead of a memory map: a mapped file stays resident (and
+    counts in the process's RSS) for as long as any tensor views it, which
+    with tied or kept weights is for the model's whole life. The format is
+    an 8-byte little-endian header length, a JSON header with each tensor's
+    dtype, shape and byte range, then the raw data.
+    """
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        for name, info in sorted(header.items(),
+                                 key=lambda kv: kv[1]["data_offsets"][0]):
+            start, end = info["data_offsets"]
+            dtype = _ST_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise ValueError(f"{path}: unsupported dtype {info['dtype']} "
+                                 f"of {name}")
+            f.seek(8 + n + start)
+            buf = bytearray(end - start)
+            f.readinto(buf)
+            t = (torch.frombuffer(buf, dtype=dtype) if buf
+                 else torch.empty(0, dtype=dtype))
+            yield name, t.reshape(info["shape"])
+
+
+def load_quantized(path: str | Path, skip: Iterable[str] = ("lm_head",),
+                   **layer_kwargs) -> nn.Module | None:
+    """A causal LM from a local safetensors checkpoint, quantized while it
+    loads: the same model as ``from_pretrained`` + ``quantize_model_8bit``,
+    without ever holding the full-precision weights.
+
+    The model is built with allocation but no initialisation (untouched
+    pages cost no memory), its Linear layers are swapped for Int8Linear
+    before any weight is written, and then the checkpoint is streamed in one
+    tensor at a time. Peak memory is the int8 model plus one fp32 tensor,
+    instead of the whole fp32 model plus its file mapping.
+
+    Returns None when the directory is not a plain safetensors checkpoint
+    whose names match the model (the caller then loads the usual way).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers.initialization import no_init_weights
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not files or not (path / "config.json").is_file():
+        return None
+    config = AutoConfig.from_pretrained(path)
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    quantize_model_8bit(model, skip=skip, _empty=True, **layer_kwargs)
+    own = dict(model.named_parameters(remove_duplicate=False))
+    own.update(model.named_buffers(remove_duplicate=False))
+    modules = dict(model.named_modules())
+    seen = set()
+    for f in files:
+        for name, t in read_safetensors(f):
+            if name not in own:
+                return None          # renamed keys (old checkpoints): fall back
+            mod_name, _, leaf = name.rpartition(".")
+            mod = modules.get(mod_name)
+            with torch.no_grad():
+                if isinstance(mod, Int8Linear) and leaf == "weight":
+                    mod.set_weight(t)
+                else:
+                    own[name].copy_(t)
+            seen.add(name)
+    model.tie_weights()
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    persistent = {k for k in own if k in model.state_dict()}
+    missing = persistent - seen - tied - {n + "_scale" for n in seen}
+    if missing:
+        return None
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    model.eval()
+    return model

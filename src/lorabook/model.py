@@ -212,6 +212,15 @@ def load_base_model(cfg: Config, *, quantize: bool | None = None,
     quantize = cfg.load_in_8bit if quantize is None else quantize
     backend = backend or quant_backend(cfg)
     dev = device()
+    if quantize and backend == "int8cpu" and dev.type == "cpu":
+        # Quantize while loading: never hold the fp32 model (appendix on
+        # performance, memory). None: not a plain local checkpoint.
+        from lorabook.int8cpu import load_quantized
+        model = load_quantized(resolve_model_path(cfg.model_name),
+                               skip=("lm_head",))
+        if model is not None:
+            model.config.use_cache = False
+            return model
     kwargs = dict(dtype=torch.float32, device_map={"": str(dev)})
     if quantize and backend == "bitsandbytes":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)

@@ -205,12 +205,17 @@ def make_trainer_class():
     return LorabookTrainer
 
 
+def micro_batch(cfg: Config) -> int:
+    return cfg.micro_batch_size or cfg.batch_size
+
+
 def training_arguments(cfg: Config, out: Path):
     from transformers import TrainingArguments
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=micro_batch(cfg),
+        gradient_accumulation_steps=cfg.batch_size // micro_batch(cfg),
         per_device_eval_batch_size=cfg.eval_batch_size,
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
