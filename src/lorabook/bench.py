@@ -38,6 +38,9 @@ from pathlib import Path
 from lorabook.config import Config, LorabookError
 
 RECIPES = ("reference", "lorabook")
+# Measured beside the two, not part of the comparison: lorabook's recipe with
+# each batch split into micro-batches of 2 (gradient accumulation).
+VARIANTS = {"lorabook_mb2": "lorabook, micro-batches of 2"}
 REFERENCE_PAD_TO = 256      # the assignment's max_length, every sample
 CATEGORIES = ("lm_head_loss", "attention", "int8_matmul", "lora",
               "optimizer", "other")
@@ -69,6 +72,8 @@ def recipe_config(cfg: Config, recipe: str) -> Config:
         return cfg.replace(quant_backend="int8cpu", load_in_8bit=True,
                            gradient_checkpointing=False, padding="longest",
                            bf16=None, label_only_head=True)
+    if recipe == "lorabook_mb2":
+        return recipe_config(cfg, "lorabook").replace(micro_batch_size=2)
     raise LorabookError(f"unknown recipe {recipe!r}; one of {RECIPES}")
 
 
@@ -336,6 +341,15 @@ def profile_shares(events, vocab: int, r: int) -> dict:
 # --------------------------------------------------------------------------
 # One recipe, in a child process.
 
+def _rss_now_mb() -> float:
+    """Resident memory now (MB), from /proc (Linux); 0 elsewhere."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * \
+            os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -364,6 +378,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     warnings.filterwarnings("ignore")
     report.setup()
     rcfg = recipe_config(cfg, recipe)
+    memory = {"after_imports": _rss_now_mb()}
     tok = M.load_tokenizer(rcfg)
     splits = _encoded(rcfg, tok)
     train_ds, val_ds = splits["train"], splits["validation"]
@@ -383,9 +398,12 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     batches = [[collate([by_index[i] for i in b[j:j + mb]])
                 for j in range(0, len(b), mb)] for b in plan]
 
+    memory["after_data"] = _rss_now_mb()
     t0 = time.perf_counter()
     model = M.load_model(rcfg)
     load_s = time.perf_counter() - t0
+    memory["after_load"] = _rss_now_mb()
+    memory["peak_load"] = _peak_rss_mb()
     bf16 = M.use_bf16(rcfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -484,7 +502,10 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
         peak_rss_mb=peak_train, peak_rss_mb_with_eval=_peak_rss_mb(),
         load_s=load_s, val_loss=val_loss, val_tokens=int(counts.sum()),
         n_val=len(val_ds), base_params=n_base, trainable_params=n_trainable,
-        vocab=vocab, threads=torch.get_num_threads(), profile=prof)
+        vocab=vocab, threads=torch.get_num_threads(), profile=prof,
+        memory=memory,
+        max_micro_batch_tokens=max(int(b["input_ids"].numel())
+                                   for m in batches for b in m))
 
 
 # --------------------------------------------------------------------------
@@ -607,12 +628,25 @@ def run_bench(cfg: Config, *, steps: int | None = None,
             print(f"  {e['tokens_per_s']:.1f} real tok/s, peak RSS "
                   f"{e['peak_rss_mb']:.0f} MB, val loss {e['val_loss']:.4f}",
                   flush=True)
+    variants = {}
+    for name in VARIANTS:
+        if cfg.batch_size % 2:
+            continue
+        if verbose:
+            print(f"Training the {name} variant for {steps} steps ...",
+                  flush=True)
+        e = _child(name, dict(spec, plan=plan, profile=False))
+        e["utilisation"] = utilisation(e, peaks)
+        variants[name] = e
+        if verbose:
+            print(f"  {e['tokens_per_s']:.1f} real tok/s, peak RSS "
+                  f"{e['peak_rss_mb']:.0f} MB", flush=True)
     ref, lb = entries["reference"], entries["lorabook"]
     if ref["real_tokens"] != lb["real_tokens"]:
         raise RuntimeError("the recipes saw different numbers of real tokens")
     result = dict(
         key=key, preset=cfg.preset, steps=steps, batch_size=cfg.batch_size,
-        reference=ref, lorabook=lb,
+        reference=ref, lorabook=lb, variants=variants,
         speedup=lb["tokens_per_s"] / ref["tokens_per_s"],
         memory_ratio=lb["peak_rss_mb"] / ref["peak_rss_mb"],
         val_loss_diff=lb["val_loss"] - ref["val_loss"],
@@ -640,8 +674,9 @@ def _threads() -> int:
 def table_rows(result: dict) -> list[dict]:
     """One row per recipe: what the book's table and `results.md` show."""
     rows = []
-    for recipe in RECIPES:
-        e = result[recipe]
+    entries = [(r, result[r]) for r in RECIPES] + [
+        (VARIANTS.get(k, k), e) for k, e in result.get("variants", {}).items()]
+    for recipe, e in entries:
         rows.append({
             "recipe": recipe,
             # Pre-formatted: one float format cannot suit every column.
