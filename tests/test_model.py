@@ -121,3 +121,10 @@ def test_micro_batch_size_must_divide_batch_size(tiny_cfg):
     with pytest.raises(LorabookError, match="micro_batch_size"):
         tiny_cfg.replace(micro_batch_size=3)
     assert tiny_cfg.replace(micro_batch_size=4).micro_batch_size == 4
+
+
+def test_right_padding_detection():
+    from lorabook.train import _right_padded
+    assert _right_padded(torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
+    assert not _right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))   # left
+    assert not _right_padded(torch.tensor([[1, 0, 1]]))              # a hole

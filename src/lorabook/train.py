@@ -153,6 +153,12 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _right_padded(attention_mask) -> bool:
+    """Every row is ones then zeros (or all ones)."""
+    m = attention_mask.to(torch.int8)
+    return bool((m[:, 1:] <= m[:, :-1]).all())
+
+
 def label_only_loss(model, inputs: dict, num_items_in_batch=None):
     """Causal-LM loss with the LM head applied only where a label is.
 
@@ -171,8 +177,16 @@ def label_only_loss(model, inputs: dict, num_items_in_batch=None):
     if head is None or backbone is None or backbone is base:
         return None
     labels = inputs["labels"]
+    mask = inputs.get("attention_mask")
+    if mask is not None and _right_padded(mask):
+        # With padding only on the right, a real token's causal window holds
+        # real tokens only, so the padding mask changes no real position;
+        # dropping it lets attention take the causal-only fast path. Padded
+        # positions then see real tokens, but they carry no label and no
+        # real position sees them. (Position ids count from 0 either way.)
+        mask = None
     hidden = backbone(input_ids=inputs["input_ids"],
-                      attention_mask=inputs.get("attention_mask")).last_hidden_state
+                      attention_mask=mask).last_hidden_state
     target = labels[:, 1:]
     mask = target != -100
     logits = head(hidden[:, :-1][mask])
