@@ -157,3 +157,129 @@ def test_overlap_stats():
     by = {r["split"]: r for r in rows}
     assert by["by address"]["test_addresses_in_train"] == 0
     assert by["by passage"]["test_addresses_in_train"] > 0
+
+
+# --------------------------------------------------------------------------
+# The trained comparisons (fp32 tiny model: seconds; 8-bit is slower here)
+# --------------------------------------------------------------------------
+
+def test_trained_demo_sizes(tiny_cfg):
+    from lorabook.config import load_config
+    tiny = F.trained_demo_sizes(tiny_cfg)
+    default = F.trained_demo_sizes(load_config("default"))
+    assert set(tiny) == set(default)
+    for k in ("eos_train", "eos_prompts", "leak_train", "leak_test",
+              "leak_test_groups", "leak_groups"):
+        assert tiny[k] < default[k]
+    assert default["leak_test_groups"] < default["leak_groups"]
+    assert default["eos_train"] >= 100 and default["leak_train"] >= 100
+
+
+def test_seeded_sample(encoded):
+    items = list(range(50))
+    a = F.seeded_sample(items, 10, 3)
+    assert a == sorted(a) and len(set(a)) == 10
+    assert a == F.seeded_sample(items, 10, 3)
+    assert a != F.seeded_sample(items, 10, 4)
+    ds = F.seeded_sample(encoded, 5, 0)
+    assert len(ds) == 5 and "input_ids" in ds.column_names
+
+
+def test_length_grouped_batches():
+    lengths = [5, 50, 7, 40, 9, 30, 11, 20, 13]
+    plan = F.length_grouped_batches(lengths, 4, epochs=2, seed=0)
+    assert len(plan) == 2 * 3
+    for e in range(2):
+        assert sorted(i for b in plan[3 * e:3 * e + 3] for i in b) == \
+            list(range(len(lengths)))
+    assert plan == F.length_grouped_batches(lengths, 4, epochs=2, seed=0)
+
+
+def test_train_lora_slice(tiny_cfg, encoded, tokenizer):
+    cfg = tiny_cfg.replace(load_in_8bit=False)
+    model, info = F.train_lora_slice(cfg, encoded, P.Collator(tokenizer),
+                                     epochs=2,
+                                     eos_token_id=tokenizer.eos_token_id)
+    n = len(encoded)
+    assert info["steps"] == 2 * math.ceil(n / cfg.batch_size)
+    assert len(info["losses"]) == info["steps"]
+    assert all(math.isfinite(l) for l in info["losses"])
+    assert info["eos_labels"] == 2 * n              # every sample ends in EOS
+    assert not model.training
+    # The adapters moved away from B = 0: the model is no longer the base.
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
+
+
+def test_eos_training_comparison(tiny_cfg, encoded, tokenizer):
+    # A high learning rate so that three epochs on 12 samples move the
+    # tiny random model; everything else is the tiny preset's.
+    cfg = tiny_cfg.replace(load_in_8bit=False, learning_rate=1e-2)
+    held_out = SAMPLES[:4]
+    rows = F.eos_training_comparison(cfg, encoded, held_out, tokenizer,
+                                     epochs=3, max_new_tokens=6,
+                                     gen_batch_size=4)
+    base, wrong, ours = rows
+    assert [r["model"] for r in rows[1:]] == [name for name, _ in F.EOS_CASES]
+    n = len(encoded)
+    # The wrong way never sees an EOS label; ours sees one per sample.
+    assert base["eos_labels_trained"] == 0 and wrong["eos_labels_trained"] == 0
+    assert ours["eos_labels_trained"] == 3 * n
+    assert wrong["train_steps"] == ours["train_steps"] > 0
+    for r in rows:
+        assert r["prompts"] == len(held_out) == len(r["generations"])
+        assert 0 <= r["stop_share"] <= 1
+        assert 1 <= r["mean_new_tokens"] <= 6
+        assert 0 < r["eos_probability"] < 1
+    # Trained on its EOS labels, the model puts more probability on the EOS
+    # after a held-out response than the model trained with them masked.
+    assert ours["eos_probability"] > 1.03 * wrong["eos_probability"]
+
+
+WORDS = ("apple river stone cloud horse garden silver winter market bridge "
+         "forest candle harbor letter mountain thunder velvet wagon castle "
+         "meadow").split()
+
+
+def test_passage_vs_address_split_pool():
+    samples = [dict(id=f"{g}-{i}", group=f"g{g}", response=f"w{g} {i}")
+               for g in range(20) for i in range(10)]
+    sp = F.passage_vs_address_split(samples, seed=0, n_test=8, n_train=30,
+                                    n_test_groups=2, n_groups=5)
+    pool = {s["group"] for s in sp["test"] + sp["address"] + sp["passage"]}
+    assert len(pool) <= 5 and len(sp["test_groups"]) == 2
+    assert {s["group"] for s in sp["test"]} <= set(sp["test_groups"])
+    assert not set(sp["test_groups"]) & {s["group"] for s in sp["address"]}
+    with pytest.raises(LorabookError, match="passages outside"):
+        F.passage_vs_address_split(samples, seed=0, n_test=8, n_train=31,
+                                   n_test_groups=2, n_groups=5)
+
+
+def test_leakage_training_comparison(tiny_cfg, tokenizer):
+    # Each address has its own two words: only the passage split sees the
+    # words of the test addresses, so it must score the test set better.
+    samples = [dict(id=f"{g}-{i}", group=f"g{g}", prompt=f"Speech {g}:",
+                    response=" ".join([WORDS[2 * g], WORDS[2 * g + 1]]
+                                      * (2 + i % 3)))
+               for g in range(10) for i in range(16)]
+    cfg = tiny_cfg.replace(load_in_8bit=False, learning_rate=1e-2)
+    res = F.leakage_training_comparison(cfg, samples, tokenizer, n_train=24,
+                                        n_test=8, n_test_groups=2,
+                                        n_groups=4, epochs=3)
+    by = {r["model"]: r for r in res["rows"]}
+    assert list(by) == ["base", "address split", "passage split"]
+    base, a, p = by["base"], by["address split"], by["passage split"]
+    assert res["test_passages"] == 8 and len(res["test_groups"]) == 2
+    assert sum(res["test_per_group"].values()) == 8
+    assert a["train_samples"] == p["train_samples"] == 24
+    assert a["train_steps"] == p["train_steps"] > 0
+    assert a["train_from_test_addresses"] == 0
+    assert p["train_from_test_addresses"] > 0
+    assert a["ngram_seen_share"] == 0 and p["ngram_seen_share"] > 0
+    for r in res["rows"]:
+        assert r["ci_low"] <= r["perplexity"] <= r["ci_high"]
+    # Training helps on both splits, and the leaked one flatters the result.
+    assert a["perplexity"] < base["perplexity"]
+    assert res["ratio"] == pytest.approx(p["perplexity"] / a["perplexity"])
+    assert res["ratio"] < 0.97
+    assert res["ratio_ci"][1] < 1 and res["p_passage_lower"] > 0.95

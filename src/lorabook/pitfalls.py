@@ -9,13 +9,18 @@ wrong and the right way right.
 
 1. a prompt/response boundary found by searching for a response template
    (`template_search_encode`, `boundary_comparison`);
-2. pad == EOS and labels masked by id (`eos_label_counts`);
+2. pad == EOS and labels masked by id (`eos_label_counts`), and what a
+   model trained on such labels does (`eos_training_comparison`);
 3. perplexity averaged per batch, over padding or per sample
    (`perplexity_variants`);
 4. word- and byte-level perplexity next to token-level
    (`normalised_perplexity`);
 5. `label_names` and the eval loss of a PEFT model (`label_names_demo`);
-6. a split by passage instead of by address (`split_leakage`).
+6. a split by passage instead of by address (`split_leakage`, and the
+   trained comparison `leakage_training_comparison`).
+
+The two trained comparisons share one small training loop,
+`train_lora_slice`, and their sizes come from `trained_demo_sizes`.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import copy
 import math
 import random
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -31,6 +37,7 @@ from lorabook import evaluate as E
 from lorabook import metrics as X
 from lorabook import model as M
 from lorabook import preprocess as P
+from lorabook.config import Config, LorabookError
 
 # --------------------------------------------------------------------------
 # 1. Response-template search
@@ -216,6 +223,86 @@ def eos_label_counts(dataset, tokenizer, batch_size: int = 16) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def eos_end_probability(model, dataset, collator, eos_token_id: int,
+                        batch_size: int = 16) -> float:
+    """Mean probability the model gives the EOS right after a reference
+    response (teacher-forced), over the examples that end in EOS."""
+    probs = []
+    for _, labels, logits in E.shifted_logits(model, dataset, collator,
+                                               batch_size):
+        for row, lab in zip(logits, labels):
+            where = (lab == eos_token_id).nonzero()
+            if len(where):
+                t = int(where[-1])
+                probs.append(float(torch.softmax(row[t], -1)[eos_token_id]))
+    return float(np.mean(probs)) if probs else float("nan")
+
+
+EOS_CASES = (
+    ("pad = EOS, padding masked by id", True),
+    ("lorabook: padding masked by position", False),
+)
+
+
+def eos_training_comparison(cfg: Config, train_ds, held_out: list[dict],
+                            tokenizer, *, epochs: int = 1,
+                            max_new_tokens: int | None = None,
+                            gen_batch_size: int = 32,
+                            with_base: bool = True) -> list[dict]:
+    """Train LoRA twice on `train_ds`, once with every EOS label masked.
+
+    The wrong way is what a collator that masks padding by id does when
+    pad = EOS (`IdMaskingCollator` with `pad_is_eos`); lorabook's way masks
+    padding by position and keeps the EOS labels. Everything else is the
+    same: data, order, seed, steps, LoRA initialisation. Each model then
+    generates greedily (batched, KV cache) for the prompts of `held_out`,
+    with lorabook's tokenizer, and is scored on the same samples'
+    reference responses for the probability of the EOS after them.
+
+    Returns one row per model (the base first, with its adapter off, if
+    `with_base`): EOS labels trained on, the share of generations that
+    stopped by themselves, their mean length in new tokens (EOS counted),
+    the mean EOS probability after the reference, and the seconds spent
+    training and generating.
+    """
+    max_new_tokens = max_new_tokens or cfg.gen_max_new_tokens
+    eos = tokenizer.eos_token_id
+    prompts = [s["prompt"] for s in held_out]
+    ref = P.tokenize_splits({"held_out": held_out}, tokenizer,
+                            cfg).splits["held_out"]
+    collator = P.Collator(tokenizer)
+
+    def measure(model, name, info):
+        t0 = time.perf_counter()
+        gens = E.generate(model, tokenizer, prompts,
+                          max_new_tokens=max_new_tokens,
+                          batch_size=gen_batch_size)
+        gen_s = time.perf_counter() - t0
+        return dict(
+            model=name, eos_labels_trained=info.get("eos_labels", 0),
+            stop_share=float(np.mean([g["stopped"] for g in gens])),
+            mean_new_tokens=float(np.mean([g["n_tokens"] for g in gens])),
+            eos_probability=eos_end_probability(model, ref, collator, eos),
+            prompts=len(prompts), max_new_tokens=max_new_tokens,
+            train_steps=info.get("steps", 0),
+            train_s=info.get("seconds", 0.0), generate_s=gen_s,
+            generations=[g["text"] for g in gens])
+
+    rows = []
+    for name, wrong in EOS_CASES:
+        train_collator = (IdMaskingCollator(pad_is_eos(tokenizer)) if wrong
+                          else P.Collator(tokenizer))
+        model, info = train_lora_slice(cfg, train_ds, train_collator,
+                                       epochs=epochs, eos_token_id=eos)
+        if with_base and not rows:
+            with model.disable_adapter():     # fresh LoRA is B = 0 anyway
+                rows.append(measure(model, "base (no fine-tuning)", {}))
+        rows.append(measure(model, name, info))
+        del model
+    return rows
+
+
 # --------------------------------------------------------------------------
 # 3. and 4. Perplexity: batching, padding, per-sample means, normalisation
 # --------------------------------------------------------------------------
@@ -348,23 +435,44 @@ def label_names_demo(model, dataset, collator,
 
 def passage_vs_address_split(samples: list[dict], *, seed: int,
                              n_test: int, n_train: int,
-                             test_fraction: float = 0.1) -> dict:
+                             test_fraction: float = 0.1,
+                             n_test_groups: int | None = None,
+                             n_groups: int | None = None) -> dict:
     """Two training sets for one fixed test set.
 
-    The test set is `n_test` passages of a seeded share of addresses. The
-    address split trains on passages of the other addresses only; the
-    passage split draws its training passages from all remaining passages,
-    so it also holds other passages of the test addresses (leakage).
+    The test set is `n_test` passages of a seeded share of addresses
+    (`test_fraction`, or exactly `n_test_groups` addresses). The address
+    split trains on passages of the other addresses only; the passage split
+    draws its training passages from all remaining passages, so it also
+    holds other passages of the test addresses (leakage).
+
+    `n_groups` restricts the corpus to a seeded subset of that many
+    addresses (the test addresses among them), as if the corpus held only
+    those: a small training set then holds the test addresses in the share
+    a passage split of such a corpus would give them.
     """
     groups = sorted({s["group"] for s in samples})
     rng = random.Random(seed)
     rng.shuffle(groups)
-    test_groups = set(groups[:max(1, round(test_fraction * len(groups)))])
+    if n_groups is not None:
+        groups = groups[:n_groups]
+        kept = set(groups)
+        samples = [s for s in samples if s["group"] in kept]
+    n_tg = (n_test_groups if n_test_groups is not None
+            else max(1, round(test_fraction * len(groups))))
+    if not 1 <= n_tg < len(groups):
+        raise LorabookError(f"need 1 to {len(groups) - 1} test addresses, "
+                            f"got {n_tg}")
+    test_groups = set(groups[:n_tg])
     in_test = [s for s in samples if s["group"] in test_groups]
     test = rng.sample(in_test, min(n_test, len(in_test)))
     test_ids = {s["id"] for s in test}
     rest = [s for s in samples if s["id"] not in test_ids]
     by_address = [s for s in rest if s["group"] not in test_groups]
+    if len(by_address) < n_train:
+        raise LorabookError(
+            f"only {len(by_address)} passages outside the test addresses "
+            f"for n_train={n_train}; use more addresses or fewer samples")
     # The passage split has the test addresses in the same share as they
     # have in the corpus, as a random passage-level split would.
     return dict(test=test,
@@ -417,8 +525,202 @@ def split_leakage(samples: list[dict], *, seed: int, n_test: int = 200,
             same = {s["group"] for s in sp["test"]}
             st["train_from_test_addresses"] = sum(
                 s["group"] in same for s in sp[split])
+            st["test_addresses"] = len(sp["test_groups"])
             for k, v in st.items():
                 rows.setdefault(split, {}).setdefault(k, []).append(v)
     return [dict(split=f"by {k}", **{m: float(np.mean(v))
                                       for m, v in d.items()})
             for k, d in rows.items()]
+
+
+def leakage_training_comparison(cfg: Config, samples: list[dict], tokenizer,
+                                *, n_train: int, n_test: int,
+                                n_test_groups: int,
+                                n_groups: int | None = None,
+                                epochs: int = 1,
+                                seed: int | None = None) -> dict:
+    """Test perplexity after training on an address split and on a passage
+    split of the same size, on one fixed set of test passages T.
+
+    T is `n_test` passages of `n_test_groups` addresses, drawn from a
+    seeded pool of `n_groups` addresses (all if None;
+    `passage_vs_address_split`). The
+    address split trains only on the pool's other addresses; the passage
+    split on passages drawn at random from the whole pool except T, so it
+    includes other passages of T's addresses. Same number of samples, same
+    steps, same seed, same LoRA initialisation.
+
+    Perplexity is token-weighted over the response tokens of T
+    (`evaluate.response_nll`) with 95% bootstrap CIs over passages, for the
+    base model and both trained models; `ratio` is the passage split's
+    perplexity over the address split's with a paired bootstrap CI (the
+    same resampled passages for both), and `p_passage_lower` the share of
+    resamples in which the passage split scores lower.
+    """
+    seed = cfg.seed if seed is None else seed
+    # Only samples that survive tokenization, so both splits keep n_train.
+    samples = [s for s in samples
+               if len(P.prompt_ids(s["prompt"], tokenizer)) < cfg.max_length]
+    sp = passage_vs_address_split(samples, seed=seed, n_test=n_test,
+                                  n_train=n_train,
+                                  n_test_groups=n_test_groups,
+                                  n_groups=n_groups)
+    enc = P.tokenize_splits({k: sp[k] for k in ("test", "address", "passage")},
+                            tokenizer, cfg).splits
+    collator = P.Collator(tokenizer, cfg.padding, cfg.max_length)
+    score_collator = P.Collator(tokenizer)
+    test_groups = set(sp["test_groups"])
+    nll, rows = {}, []
+
+    def score(model, name, info, train=None):
+        sums, counts = E.response_nll(model, enc["test"], score_collator,
+                                      cfg.eval_batch_size)
+        nll[name] = (sums, counts)
+        lo, hi = E.bootstrap_ci(sums, counts, cfg.bootstrap_samples, seed)
+        row = dict(model=name,
+                   perplexity=E.perplexity(sums.sum(), counts.sum()),
+                   ci_low=lo, ci_high=hi,
+                   train_samples=len(train) if train else 0,
+                   train_from_test_addresses=sum(
+                       s["group"] in test_groups for s in train or []),
+                   train_steps=info.get("steps", 0),
+                   train_s=info.get("seconds", 0.0))
+        if train:
+            row.update(overlap_stats(sp["test"], train))
+        rows.append(row)
+
+    for split in ("address", "passage"):
+        model, info = train_lora_slice(cfg, enc[split], collator,
+                                       epochs=epochs, seed=seed)
+        if not rows:
+            with model.disable_adapter():
+                score(model, "base", {})
+        score(model, f"{split} split", info, sp[split])
+        del model
+
+    (sa, ca), (sp_, cp) = nll["address split"], nll["passage split"]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(sa), size=(cfg.bootstrap_samples, len(sa)))
+    ratios = np.exp(sp_[idx].sum(1) / cp[idx].sum(1)
+                    - sa[idx].sum(1) / ca[idx].sum(1))
+    by = {r["model"]: r for r in rows}
+    lo, hi = np.quantile(ratios, [0.025, 0.975])
+    return dict(
+        rows=rows, ratio=by["passage split"]["perplexity"]
+        / by["address split"]["perplexity"],
+        ratio_ci=(float(lo), float(hi)),
+        p_passage_lower=float((ratios < 1).mean()),
+        test_passages=len(sp["test"]), test_tokens=int(ca.sum()),
+        test_groups=sp["test_groups"], n_groups=n_groups,
+        test_per_group={g: sum(s["group"] == g for s in sp["test"])
+                        for g in sp["test_groups"]})
+
+
+# --------------------------------------------------------------------------
+# The trained comparisons' shared loop (sections 2 and 6)
+# --------------------------------------------------------------------------
+
+def trained_demo_sizes(cfg: Config) -> dict:
+    """Slice sizes of the trained comparisons: a few minutes on a 2-core
+    CPU for the default preset, seconds for the tiny one."""
+    if cfg.preset == "tiny":
+        return dict(eos_train=32, eos_prompts=8, eos_epochs=2,
+                    leak_train=32, leak_test=16, leak_test_groups=2,
+                    leak_groups=6, leak_epochs=1)
+    return dict(eos_train=200, eos_prompts=32, eos_epochs=1,
+                leak_train=200, leak_test=96, leak_test_groups=4,
+                leak_groups=12, leak_epochs=1)
+
+
+def seeded_sample(items, n: int, seed: int):
+    """`n` items drawn at random (seeded), kept in their original order;
+    `items` is a list or a `datasets.Dataset`. The splits are in corpus
+    (chronological) order, so their first items would all be early."""
+    idx = sorted(random.Random(seed).sample(range(len(items)),
+                                            min(n, len(items))))
+    if hasattr(items, "select"):
+        return items.select(idx)
+    return [items[i] for i in idx]
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, *,
+                           epochs: int, seed: int) -> list[list[int]]:
+    """Indices of every batch of `epochs` epochs, grouped by length as the
+    Trainer's `group_by_length` does (one seeded order per epoch; the last
+    batch of an epoch may be short)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    batches = []
+    for epoch in range(epochs):
+        gen = torch.Generator().manual_seed(seed + epoch)
+        order = list(LengthGroupedSampler(batch_size, lengths=lengths,
+                                          generator=gen))
+        batches += [order[i:i + batch_size]
+                    for i in range(0, len(order), batch_size)]
+    return batches
+
+
+def train_lora_slice(cfg: Config, dataset, collator, *, epochs: int = 1,
+                     seed: int | None = None,
+                     eos_token_id: int | None = None):
+    """Fresh LoRA adapters on the config's base, trained on `dataset`.
+
+    The recipe of `lorabook train` in a lean loop: the config's base (8-bit
+    unless `load_in_8bit` is off) and LoRA settings, AdamW on the LoRA
+    parameters with the config's learning rate and weight decay, linear
+    warm-up (`warmup_ratio`) and decay, gradient clipping at 1.0,
+    length-grouped batches of `batch_size`, bf16 autocast where lorabook
+    uses it and the LM head only at labelled positions. No evaluation,
+    checkpoints or logs: the appendix trains pairs of models on small
+    slices, and only their comparison matters. The labels are the
+    collator's, so a wrong collator trains the wrong way.
+
+    Returns (model in eval mode, info) with info: steps, seconds, seconds
+    per step, losses, learned (labelled) tokens and, given `eos_token_id`,
+    EOS labels.
+    """
+    from transformers import get_linear_schedule_with_warmup
+    from lorabook import train as T
+    seed = cfg.seed if seed is None else seed
+    rows = [{k: dataset[i][k] for k in ("input_ids", "attention_mask",
+                                        "labels")}
+            for i in range(len(dataset))]
+    plan = length_grouped_batches([len(r["input_ids"]) for r in rows],
+                                  cfg.batch_size, epochs=epochs, seed=seed)
+    batches = [collator([rows[i] for i in b]) for b in plan]
+    model = M.load_model(cfg)
+    dev, bf16 = M.device(), M.use_bf16(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate,
+                            weight_decay=cfg.weight_decay)
+    sched = get_linear_schedule_with_warmup(
+        opt, math.ceil(cfg.warmup_ratio * len(batches)), len(batches))
+    torch.manual_seed(seed)                        # LoRA dropout
+    model.train()
+    losses, step_s = [], []
+    t0 = time.perf_counter()
+    for step, batch in enumerate(batches):
+        t_step = time.perf_counter()
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = (T.label_only_loss(model, batch) if cfg.label_only_head
+                    else None)
+            if loss is None:
+                loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        step_s.append(time.perf_counter() - t_step)
+        if not math.isfinite(losses[-1]):
+            raise LorabookError(f"loss became {losses[-1]} at step {step}")
+    model.eval()
+    info = dict(steps=len(batches), seconds=time.perf_counter() - t0,
+                step_s=step_s, losses=losses, samples=len(rows),
+                learned_tokens=int(sum((b["labels"] != -100).sum()
+                                       for b in batches)))
+    if eos_token_id is not None:
+        info["eos_labels"] = int(sum((b["labels"] == eos_token_id).sum()
+                                     for b in batches))
+    return model, info
