@@ -45,10 +45,23 @@ def table(rows, floatfmt: str = ".3f", index: bool = False):
     from IPython.display import Markdown
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     df = df.copy()
+    align = []
     for c in df.columns:
-        if not pd.api.types.is_numeric_dtype(df[c]):
+        if pd.api.types.is_float_dtype(df[c]):
+            df[c] = df[c].map(lambda v: format(v, floatfmt))
+            align.append("right")
+        elif pd.api.types.is_numeric_dtype(df[c]):
+            df[c] = df[c].map(str)
+            align.append("right")
+        else:
             df[c] = df[c].map(lambda v: _escape(str(v)))
-    return Markdown(df.to_markdown(index=index, floatfmt=floatfmt))
+            align.append("left")
+    if index:
+        align.insert(0, "left")
+    # Cells are formatted here: tabulate must not re-parse strings such as
+    # "107.3" or "3.6093" as numbers and re-format them with floatfmt.
+    return Markdown(df.to_markdown(index=index, disable_numparse=True,
+                                   colalign=align))
 
 
 def _escape(text: str) -> str:
