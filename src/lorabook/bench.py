@@ -616,31 +616,22 @@ def run_bench(cfg: Config, *, steps: int | None = None,
     threads = sorted({1, _threads()})
     gemm = _child("gemm", dict(spec, gemm_n=gemm_n, threads=threads))
     peaks = gemm["threads"][str(_threads())]
-    entries = {}
-    for recipe in RECIPES:
+
+    def train(name: str, what: str, profile: bool) -> dict:
         if verbose:
-            print(f"Training the {recipe} recipe for {steps} steps ...",
+            print(f"Training the {name} {what} for {steps} steps ...",
                   flush=True)
-        e = _child(recipe, dict(spec, plan=plan, profile=profile))
+        e = _child(name, dict(spec, plan=plan, profile=profile))
         e["utilisation"] = utilisation(e, peaks)
-        entries[recipe] = e
         if verbose:
             print(f"  {e['tokens_per_s']:.1f} real tok/s, peak RSS "
                   f"{e['peak_rss_mb']:.0f} MB, val loss {e['val_loss']:.4f}",
                   flush=True)
-    variants = {}
-    for name in VARIANTS:
-        if cfg.batch_size % 2:
-            continue
-        if verbose:
-            print(f"Training the {name} variant for {steps} steps ...",
-                  flush=True)
-        e = _child(name, dict(spec, plan=plan, profile=False))
-        e["utilisation"] = utilisation(e, peaks)
-        variants[name] = e
-        if verbose:
-            print(f"  {e['tokens_per_s']:.1f} real tok/s, peak RSS "
-                  f"{e['peak_rss_mb']:.0f} MB", flush=True)
+        return e
+
+    entries = {r: train(r, "recipe", profile) for r in RECIPES}
+    variants = {} if cfg.batch_size % 2 else {
+        v: train(v, "variant", False) for v in VARIANTS}
     ref, lb = entries["reference"], entries["lorabook"]
     if ref["real_tokens"] != lb["real_tokens"]:
         raise RuntimeError("the recipes saw different numbers of real tokens")

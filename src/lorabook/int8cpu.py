@@ -388,7 +388,7 @@ def load_quantized(path: str | Path, skip: Iterable[str] = ("lm_head",),
             seen.add(name)
     model.tie_weights()
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
-    persistent = {k for k in own if k in model.state_dict()}
+    persistent = set(model.state_dict())
     missing = persistent - seen - tied - {n + "_scale" for n in seen}
     if missing:
         return None
