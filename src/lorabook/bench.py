@@ -40,7 +40,8 @@ from lorabook.config import Config, LorabookError
 RECIPES = ("reference", "lorabook")
 # Measured beside the two, not part of the comparison: lorabook's recipe with
 # each batch split into micro-batches of 2 (gradient accumulation).
-VARIANTS = {"lorabook_mb2": "lorabook, micro-batches of 2"}
+VARIANTS = {"lorabook_unfused": "lorabook, without lean autograd",
+            "lorabook_mb2": "lorabook, micro-batches of 2"}
 REFERENCE_PAD_TO = 256      # the assignment's max_length, every sample
 CATEGORIES = ("lm_head_loss", "attention", "int8_matmul", "lora",
               "optimizer", "other")
@@ -52,7 +53,7 @@ CATEGORY_LABELS = {
     "optimizer": "optimizer (AdamW, clipping, zero_grad)",
     "other": "other (norms, MLP activation, embeddings, casts)",
 }
-BENCH_VERSION = 2           # bump when the measurement itself changes
+BENCH_VERSION = 3           # bump when the measurement itself changes
 
 
 def default_steps(cfg: Config) -> int:
@@ -66,12 +67,14 @@ def recipe_config(cfg: Config, recipe: str) -> Config:
     if recipe == "reference":
         return cfg.replace(quant_backend="bitsandbytes", load_in_8bit=True,
                            gradient_checkpointing=True, padding="max_length",
-                           bf16=False, label_only_head=False,
+                           bf16=False, label_only_head=False, fused_ops=False,
                            micro_batch_size=None)
     if recipe == "lorabook":
         return cfg.replace(quant_backend="int8cpu", load_in_8bit=True,
                            gradient_checkpointing=False, padding="longest",
-                           bf16=None, label_only_head=True)
+                           bf16=None, label_only_head=True, fused_ops=True)
+    if recipe == "lorabook_unfused":
+        return recipe_config(cfg, "lorabook").replace(fused_ops=False)
     if recipe == "lorabook_mb2":
         return recipe_config(cfg, "lorabook").replace(micro_batch_size=2)
     raise LorabookError(f"unknown recipe {recipe!r}; one of {RECIPES}")
@@ -354,6 +357,33 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def saved_tensor_mb(model, loss_fn) -> float:
+    """MB of tensors one forward pass keeps for its backward pass.
+
+    Counts each storage once (views share it) and leaves out the model's
+    own parameters and buffers, which exist anyway.
+    """
+    import torch
+    own = {t.untyped_storage().data_ptr()
+           for t in list(model.parameters()) + list(model.buffers())}
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+        if ptr not in own and ptr not in seen:
+            seen.add(ptr)
+            total += st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn()
+    del loss
+    return total / 2**20
+
+
 def _linear_lr(step: int, total: int, warmup: int, lr: float) -> float:
     """transformers' linear schedule with warm-up, as the Trainer runs it."""
     if step < warmup:
@@ -466,6 +496,10 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     timed = slice(1, None) if steps > 1 else slice(None)
     tok_s = sum(real[timed]) / sum(times[timed])
 
+    largest = max((b for m in batches for b in m),
+                  key=lambda b: b["input_ids"].numel())
+    saved_mb = saved_tensor_mb(model, lambda: loss_of(largest, None))
+
     val_collate = P.Collator(tok, "longest")
     sums, counts = E.response_nll(model, val_ds, val_collate, batch_size=8)
     val_loss = float(sums.sum() / counts.sum())
@@ -503,7 +537,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
         load_s=load_s, val_loss=val_loss, val_tokens=int(counts.sum()),
         n_val=len(val_ds), base_params=n_base, trainable_params=n_trainable,
         vocab=vocab, threads=torch.get_num_threads(), profile=prof,
-        memory=memory,
+        memory=memory, saved_tensors_mb=saved_mb,
         max_micro_batch_tokens=max(int(b["input_ids"].numel())
                                    for m in batches for b in m))
 

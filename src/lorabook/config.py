@@ -56,6 +56,9 @@ class Config:
     bf16: bool | None = None
     # Compute the LM head and softmax only at positions that carry a label.
     label_only_head: bool = True
+    # Lean autograd for the frozen parts (RMSNorm, SwiGLU, LoRA dropout, LM
+    # head + loss): the same maths, a third of the activation memory.
+    fused_ops: bool = True
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1

@@ -91,7 +91,7 @@ def quantize_rowwise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dequantize_rowwise(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # Multiply in the compute dtype: one pass over a small matrix, no fp32 copy.
-    return q.to(dtype) * scale.to(dtype)[:, None]
+    return q.to(dtype).mul_(scale.to(dtype)[:, None])
 
 
 class _DequantLinear(torch.autograd.Function):

@@ -199,6 +199,20 @@ def use_bf16(cfg: Config) -> bool:
     return cfg.load_in_8bit and quant_backend(cfg) == "int8cpu" and is_fast_bf16_cpu()
 
 
+def release_free_memory() -> bool:
+    """Give the C heap's free pages back to the OS (glibc's malloc_trim).
+
+    Loading frees many short-lived buffers (file reads, fp32 copies being
+    quantized); glibc keeps them mapped, so the process's RSS stayed ~0.5 GB
+    above what the model holds. Returns False where there is no glibc.
+    """
+    try:
+        import ctypes
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def load_base_model(cfg: Config, *, quantize: bool | None = None,
                     backend: str | None = None):
     """The frozen base model, in 8-bit or full precision.
@@ -270,7 +284,16 @@ def load_model(cfg: Config, *, quantize: bool | None = None):
             gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     torch.manual_seed(cfg.seed)   # LoRA A is random: make it reproducible
-    return get_peft_model(base, lora_config(cfg, base))
+    model = get_peft_model(base, lora_config(cfg, base))
+    if cfg.fused_ops:
+        # Same maths, fewer tensors kept for backward (see lorabook.fused);
+        # label_only_loss then also fuses the LM head with its loss.
+        from lorabook import fused
+        fused.apply(model)
+        model.lorabook_fused = True
+    if device().type == "cpu":
+        release_free_memory()
+    return model
 
 
 def load_trained_model(cfg: Config, adapter_dir: str | os.PathLike,

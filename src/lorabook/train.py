@@ -189,9 +189,15 @@ def label_only_loss(model, inputs: dict, num_items_in_batch=None):
                       attention_mask=mask).last_hidden_state
     target = labels[:, 1:]
     mask = target != -100
-    logits = head(hidden[:, :-1][mask])
-    loss = torch.nn.functional.cross_entropy(
-        logits.float(), target[mask], reduction="sum")
+    h = hidden[:, :-1][mask]
+    if getattr(model, "lorabook_fused", False) and not head.weight.requires_grad \
+            and getattr(head, "bias", None) is None:
+        from lorabook.fused import linear_cross_entropy
+        loss = linear_cross_entropy(h, head.weight, target[mask])
+    else:
+        logits = head(h)       # CE in fp32 (fp64 stays fp64)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        loss = torch.nn.functional.cross_entropy(logits, target[mask], reduction="sum")
     n = num_items_in_batch if num_items_in_batch is not None else mask.sum()
     if torch.is_tensor(n):
         n = n.to(loss.device)

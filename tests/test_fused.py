@@ -1,0 +1,223 @@
+"""The lean autograd functions give the values and gradients of the code they replace."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorabook import fused
+
+
+def _grads(fn, *xs):
+    xs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in xs]
+    out = fn(*xs)
+    torch.manual_seed(123)       # the same output gradient for both paths
+    g = torch.randn_like(out) if out.dim() else torch.tensor(1.7, dtype=out.dtype)
+    out.backward(g)
+    return out.detach(), [x.grad for x in xs if x.requires_grad]
+
+
+def test_linear_cross_entropy_matches_linear_then_cross_entropy():
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, dtype=torch.float64)
+    w = torch.randn(50, 16, dtype=torch.float64)   # frozen
+    t = torch.randint(0, 50, (37,))
+    ref, (gref,) = _grads(lambda x: F.cross_entropy(x @ w.T, t, reduction="sum"), h)
+    # chunk 8 splits the rows unevenly: every chunk must count once.
+    out, (gout,) = _grads(lambda x: fused.linear_cross_entropy(x, w, t, chunk=8), h)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(gout, gref)
+
+
+def test_linear_cross_entropy_follows_autocast_like_the_unfused_path():
+    torch.manual_seed(0)
+    h = torch.randn(20, 32)
+    w = torch.randn(64, 32)
+    t = torch.randint(0, 64, (20,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, (gref,) = _grads(
+            lambda x: F.cross_entropy(F.linear(x, w).float(), t, reduction="sum"), h)
+        out, (gout,) = _grads(lambda x: fused.linear_cross_entropy(x, w, t), h)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gout, gref, rtol=2e-2, atol=2e-2)   # bf16 rounding
+    assert gout.dtype == torch.float32
+
+
+def test_linear_cross_entropy_rejects_a_trainable_weight():
+    with pytest.raises(ValueError, match="frozen"):
+        fused.linear_cross_entropy(torch.randn(2, 4), torch.randn(5, 4, requires_grad=True),
+                                   torch.tensor([0, 1]))
+
+
+def test_linear_cross_entropy_without_grad_keeps_nothing():
+    h = torch.randn(4, 8)
+    with torch.no_grad():
+        out = fused.linear_cross_entropy(h, torch.randn(10, 8), torch.tensor([1, 2, 3, 4]))
+    assert out.grad_fn is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rms_norm_matches_llama_rms_norm(dtype):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    torch.manual_seed(0)
+    ref_mod = LlamaRMSNorm(24, eps=1e-5).to(dtype)
+    ref_mod.weight.data = torch.randn(24, dtype=dtype)
+    x = torch.randn(3, 5, 24, dtype=dtype)
+    ref, (gx_ref,) = _grads(ref_mod, x)
+    gw_ref = ref_mod.weight.grad.clone()
+    ref_mod.weight.grad = None
+    fused.apply(ref_mod)
+    out, (gx,) = _grads(ref_mod, x)
+    tol = dict(rtol=1e-5, atol=1e-6)     # LlamaRMSNorm computes in fp32 either way
+    torch.testing.assert_close(out, ref, **tol)
+    torch.testing.assert_close(gx, gx_ref, **tol)
+    torch.testing.assert_close(ref_mod.weight.grad, gw_ref, **tol)
+
+
+def test_silu_mul_matches_autograd():
+    torch.manual_seed(0)
+    g, u = torch.randn(6, 40, dtype=torch.float64), torch.randn(6, 40, dtype=torch.float64)
+    ref, gref = _grads(lambda a, b: F.silu(a) * b, g, u)
+    out, gout = _grads(fused.silu_mul, g, u)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(gout, gref):
+        torch.testing.assert_close(a, b)
+
+
+def test_mask_dropout_is_dropout_with_a_bool_mask():
+    torch.manual_seed(0)
+    d = fused.MaskDropout(0.25)
+    x = torch.randn(200, 300, requires_grad=True)
+    y = d(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    torch.testing.assert_close(y[kept], (x * 4 / 3)[kept])
+    saved = y.grad_fn.saved_tensors
+    assert [t.dtype for t in saved] == [torch.bool]
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() * 4 / 3)
+    d.eval()
+    assert d(x) is x
+    with pytest.raises(ValueError):
+        fused.MaskDropout(1.0)
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).double()
+
+
+def test_apply_keeps_a_lora_models_loss_and_gradients():
+    """A whole Llama + LoRA step (fp64, dropout off so the masks agree):
+    the patched model gives the same loss and LoRA gradients."""
+    from peft import LoraConfig, get_peft_model
+    from lorabook.train import label_only_loss
+
+    def run(lean):
+        base = _tiny_llama()
+        base.requires_grad_(False)
+        torch.manual_seed(1)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                target_modules=["q_proj", "v_proj"],
+                                                init_lora_weights=False))
+        if lean:
+            counts = fused.apply(model)
+            assert counts["rms_norm"] == 5 and counts["mlp"] == 2
+            assert counts["attention"] == 1
+            model.lorabook_fused = True
+        ids = torch.randint(0, 97, (3, 11), generator=torch.Generator().manual_seed(2))
+        labels = ids.clone()
+        labels[:, :4] = -100
+        labels[2, 8:] = -100
+        mask = torch.ones_like(ids)
+        mask[2, 8:] = 0
+        loss = label_only_loss(model, dict(input_ids=ids, attention_mask=mask, labels=labels))
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    loss0, g0 = run(False)
+    loss1, g1 = run(True)
+    torch.testing.assert_close(loss1, loss0)
+    assert g0.keys() == g1.keys() and g0
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k])
+
+
+def test_apply_swaps_lora_dropout_and_leaves_other_modules_alone():
+    from peft import LoraConfig, get_peft_model
+    model = get_peft_model(_tiny_llama(), LoraConfig(r=2, lora_dropout=0.1,
+                                                     target_modules=["q_proj"]))
+    counts = fused.apply(model)
+    assert counts["lora_dropout"] == 2
+    drops = [m for m in model.modules() if isinstance(m, fused.MaskDropout)]
+    assert len(drops) == 2 and all(d.p == 0.1 for d in drops)
+    other = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
+    assert fused.apply(other) == {"rms_norm": 0, "mlp": 0, "lora_dropout": 0,
+                                  "attention": 0}
+
+
+def test_keep_mask_has_the_asked_probability():
+    torch.manual_seed(0)
+    m = fused.keep_mask((301, 1001), 0.3)
+    assert m.shape == (301, 1001) and m.dtype == torch.bool
+    assert abs(m.float().mean().item() - 0.7) < 0.005
+    assert fused.keep_mask((5,), 0.0).all()
+
+
+def _graph_names(fn):
+    seen, todo, names = set(), [fn], set()
+    while todo:
+        f = todo.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        names.add(type(f).__name__)
+        todo += [g for g, _ in f.next_functions]
+    return names
+
+
+def test_attention_bf16_forward_fp32_backward():
+    """Under bf16 autocast the patched attention is used, and its gradients
+    are at least as close to the fp32 gradients as plain bf16 SDPA's."""
+    from peft import LoraConfig, get_peft_model
+
+    def grads(lean, bf16):
+        base = _tiny_llama().float()
+        base.requires_grad_(False)
+        torch.manual_seed(1)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                target_modules=["q_proj", "v_proj"],
+                                                init_lora_weights=False))
+        if lean:
+            fused.apply(model)
+        ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(2))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, labels=ids).loss
+        names = _graph_names(loss.grad_fn)
+        loss.backward()
+        g = torch.cat([p.grad.flatten() for n, p in model.named_parameters() if p.requires_grad])
+        return g, names
+
+    exact, _ = grads(False, False)
+    plain, names_plain = grads(False, True)
+    lean, names_lean = grads(True, True)
+    assert "_AttentionFp32BackwardBackward" in names_lean
+    assert "_AttentionFp32BackwardBackward" not in names_plain
+
+    def err(g):
+        return ((g - exact).norm() / exact.norm()).item()
+    assert err(lean) < 0.05
+    assert err(lean) <= err(plain) * 1.5
+
+
+def test_attention_without_grad_is_plain_sdpa():
+    base, lean = _tiny_llama(), _tiny_llama()
+    fused.apply(lean)
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a = base(input_ids=ids).logits
+        b = lean(input_ids=ids).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
