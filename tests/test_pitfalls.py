@@ -187,12 +187,13 @@ def test_seeded_sample(encoded):
 
 def test_length_grouped_batches():
     lengths = [5, 50, 7, 40, 9, 30, 11, 20, 13]
-    plan = F.length_grouped_batches(lengths, 4, epochs=2, seed=0)
+    from lorabook.train import length_grouped_batches
+    plan = length_grouped_batches(lengths, 4, epochs=2, seed=0)
     assert len(plan) == 2 * 3
     for e in range(2):
         assert sorted(i for b in plan[3 * e:3 * e + 3] for i in b) == \
             list(range(len(lengths)))
-    assert plan == F.length_grouped_batches(lengths, 4, epochs=2, seed=0)
+    assert plan == length_grouped_batches(lengths, 4, epochs=2, seed=0)
 
 
 def test_train_lora_slice(tiny_cfg, encoded, tokenizer):

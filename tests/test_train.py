@@ -101,3 +101,37 @@ def test_nan_guard_stops_training():
         global_step = 7
     with pytest.raises(LorabookError, match="loss became nan"):
         progress.callback.on_log(Args(), State(), None, logs={"loss": math.nan})
+
+
+def test_lean_loop_micro_batches_make_the_same_step(tiny_cfg, tokenizer):
+    """LeanLoop steps over two micro-batches move the adapters exactly as
+    steps over the whole batch (fp32, no dropout)."""
+    cfg = tiny_cfg.replace(load_in_8bit=False, lora_dropout=0.0, bf16=False,
+                           warmup_ratio=0.0)
+    batch = _batch(cfg, tokenizer, n=4)
+    halves = [{k: v[i:i + 2] for k, v in batch.items()} for i in (0, 2)]
+
+    def after(steps):
+        model = M.load_model(cfg)
+        loss = T.LeanLoop(cfg, model, len(steps)).run(steps)[0][-1]
+        return loss, {n: p.detach().clone() for n, p in model.named_parameters()
+                      if p.requires_grad}
+
+    loss_full, full = after([[batch], [batch]])     # two steps: A and B both move
+    loss_micro, micro = after([halves, halves])
+    assert loss_micro == pytest.approx(loss_full, rel=1e-5)
+    for name in full:
+        torch.testing.assert_close(micro[name], full[name], rtol=1e-5, atol=1e-7)
+    # ...and the steps did move them.
+    fresh = {n: p for n, p in M.load_model(cfg).named_parameters() if p.requires_grad}
+    for part in ("lora_A", "lora_B"):
+        assert any(not torch.equal(fresh[n], full[n]) for n in full if part in n)
+
+
+def test_lean_loop_stops_on_a_non_finite_loss(tiny_cfg, tokenizer):
+    cfg = tiny_cfg.replace(load_in_8bit=False)
+    model = M.load_model(cfg)
+    loop = T.LeanLoop(cfg, model, 1)
+    loop.loss = lambda batch, n_items=None: torch.tensor(math.nan, requires_grad=True)
+    with pytest.raises(LorabookError, match="loss became nan at step 0"):
+        loop.run([[_batch(cfg, tokenizer, n=2)]])

@@ -170,8 +170,7 @@ def batch_plan(cfg: Config, steps: int, train_ds=None, tokenizer=None) -> list:
     first, so its first few batches alone would not show the typical
     padding of a batch. With more steps than batches, epochs repeat.
     """
-    import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from lorabook.train import length_grouped_batches
     if train_ds is None:
         train_ds = _encoded(cfg, tokenizer)["train"]
     lengths = [len(x) for x in train_ds["input_ids"]]
@@ -179,9 +178,8 @@ def batch_plan(cfg: Config, steps: int, train_ds=None, tokenizer=None) -> list:
     batches: list[list[int]] = []
     epoch = 0
     while len(batches) < steps:
-        gen = torch.Generator().manual_seed(cfg.seed + epoch)
-        order = list(LengthGroupedSampler(bs, lengths=lengths, generator=gen))
-        full = [order[i:i + bs] for i in range(0, len(order) - bs + 1, bs)]
+        full = [b for b in length_grouped_batches(
+            lengths, bs, epochs=1, seed=cfg.seed + epoch) if len(b) == bs]
         need = steps - len(batches)
         if need >= len(full):
             batches += full
@@ -384,13 +382,6 @@ def saved_tensor_mb(model, loss_fn) -> float:
     return total / 2**20
 
 
-def _linear_lr(step: int, total: int, warmup: int, lr: float) -> float:
-    """transformers' linear schedule with warm-up, as the Trainer runs it."""
-    if step < warmup:
-        return lr * (step + 1) / max(1, warmup)
-    return lr * max(0.0, (total - step) / max(1, total - warmup))
-
-
 def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
                n_val: int | None = None) -> dict:
     """Train one recipe on the planned batches; return its measurements.
@@ -435,62 +426,22 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     memory["after_load"] = _rss_now_mb()
     memory["peak_load"] = _peak_rss_mb()
     bf16 = M.use_bf16(rcfg)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in params)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_base = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    opt = torch.optim.AdamW(params, lr=rcfg.learning_rate,
-                            weight_decay=rcfg.weight_decay)
-    steps = len(batches)
-    warmup = math.ceil(rcfg.warmup_ratio * steps) if rcfg.warmup_ratio else 0
-    head = model.get_base_model().get_output_embeddings()
-    vocab = head.weight.shape[0]
-
-    def loss_of(batch, n_items):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = None
-            if rcfg.label_only_head:
-                loss = T.label_only_loss(model, batch, n_items)
-            if loss is None:
-                loss = model(**batch).loss
-        return loss
-
-    def n_learned(micro):
-        return sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-
-    def step(i, micro):
-        from torch.profiler import record_function
-        for g in opt.param_groups:
-            g["lr"] = _linear_lr(i, steps, warmup, rcfg.learning_rate)
-        n_items = torch.tensor(n_learned(micro))
-        total = 0.0
-        for batch in micro:
-            # Each micro-batch's loss is its sum over the whole batch's
-            # learned tokens, so the gradients add up to the batch's.
-            with record_function("bench::forward"):
-                loss = loss_of(batch, n_items if len(micro) > 1 else None)
-            with record_function("bench::backward"):
-                loss.backward()
-            total += loss.item()
-        with record_function("bench::optimizer"):
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return total
-
+    vocab = model.get_base_model().get_output_embeddings().weight.shape[0]
+    loop = T.LeanLoop(rcfg, model, len(batches))
     torch.manual_seed(rcfg.seed)      # LoRA dropout
-    losses, times = [], []
-    for i, batch in enumerate(batches):
-        t = time.perf_counter()
-        losses.append(step(i, batch))
-        times.append(time.perf_counter() - t)
-        if not math.isfinite(losses[-1]):
-            raise LorabookError(f"{recipe}: loss became {losses[-1]} at step {i}")
+    try:
+        losses, times = loop.run(batches)
+    except LorabookError as e:
+        raise LorabookError(f"{recipe}: {e}") from None
     peak_train = _peak_rss_mb()
 
     real = [sum(int(b["attention_mask"].sum()) for b in m) for m in batches]
     computed = [sum(int(b["input_ids"].numel()) for b in m) for m in batches]
-    learned = [n_learned(m) for m in batches]
+    learned = [sum(int((b["labels"][:, 1:] != -100).sum()) for b in m)
+               for m in batches]
+    steps = len(batches)
     # The first step pays one-off costs (kernel choice, allocator growth);
     # the rate is over the others when there are any.
     timed = slice(1, None) if steps > 1 else slice(None)
@@ -498,7 +449,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
 
     largest = max((b for m in batches for b in m),
                   key=lambda b: b["input_ids"].numel())
-    saved_mb = saved_tensor_mb(model, lambda: loss_of(largest, None))
+    saved_mb = saved_tensor_mb(model, lambda: loop.loss(largest))
 
     val_collate = P.Collator(tok, "longest")
     sums, counts = E.response_nll(model, val_ds, val_collate, batch_size=8)
@@ -514,7 +465,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
             # The training steps above warmed everything up already.
             with tprofile(activities=[ProfilerActivity.CPU],
                           record_shapes=True) as p:
-                step(0, batches[0])
+                loop.step(batches[0], advance=False)
         finally:
             labels.remove()
         prof = profile_shares(p.events(), vocab, rcfg.lora_r)

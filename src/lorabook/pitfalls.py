@@ -643,78 +643,36 @@ def seeded_sample(items, n: int, seed: int):
     return [items[i] for i in idx]
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, *,
-                           epochs: int, seed: int) -> list[list[int]]:
-    """Indices of every batch of `epochs` epochs, grouped by length as the
-    Trainer's `group_by_length` does (one seeded order per epoch; the last
-    batch of an epoch may be short)."""
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-    batches = []
-    for epoch in range(epochs):
-        gen = torch.Generator().manual_seed(seed + epoch)
-        order = list(LengthGroupedSampler(batch_size, lengths=lengths,
-                                          generator=gen))
-        batches += [order[i:i + batch_size]
-                    for i in range(0, len(order), batch_size)]
-    return batches
-
-
 def train_lora_slice(cfg: Config, dataset, collator, *, epochs: int = 1,
                      seed: int | None = None,
                      eos_token_id: int | None = None):
     """Fresh LoRA adapters on the config's base, trained on `dataset`.
 
-    The recipe of `lorabook train` in a lean loop: the config's base (8-bit
-    unless `load_in_8bit` is off) and LoRA settings, AdamW on the LoRA
-    parameters with the config's learning rate and weight decay, linear
-    warm-up (`warmup_ratio`) and decay, gradient clipping at 1.0,
-    length-grouped batches of `batch_size`, bf16 autocast where lorabook
-    uses it and the LM head only at labelled positions. No evaluation,
-    checkpoints or logs: the appendix trains pairs of models on small
-    slices, and only their comparison matters. The labels are the
-    collator's, so a wrong collator trains the wrong way.
+    The recipe of `lorabook train` in `train.LeanLoop` (the benchmark's
+    loop too): the config's base and LoRA settings, AdamW, warm-up and
+    decay, clipping, length-grouped batches of `batch_size`, bf16 autocast
+    where lorabook uses it, the LM head only at labelled positions. The
+    appendix trains pairs of models on small slices, and only their
+    comparison matters. The labels are the collator's, so a wrong collator
+    trains the wrong way.
 
     Returns (model in eval mode, info) with info: steps, seconds, seconds
     per step, losses, learned (labelled) tokens and, given `eos_token_id`,
     EOS labels.
     """
-    from transformers import get_linear_schedule_with_warmup
     from lorabook import train as T
     seed = cfg.seed if seed is None else seed
     rows = [{k: dataset[i][k] for k in ("input_ids", "attention_mask",
                                         "labels")}
             for i in range(len(dataset))]
-    plan = length_grouped_batches([len(r["input_ids"]) for r in rows],
-                                  cfg.batch_size, epochs=epochs, seed=seed)
+    plan = T.length_grouped_batches([len(r["input_ids"]) for r in rows],
+                                    cfg.batch_size, epochs=epochs, seed=seed)
     batches = [collator([rows[i] for i in b]) for b in plan]
     model = M.load_model(cfg)
-    dev, bf16 = M.device(), M.use_bf16(cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate,
-                            weight_decay=cfg.weight_decay)
-    sched = get_linear_schedule_with_warmup(
-        opt, math.ceil(cfg.warmup_ratio * len(batches)), len(batches))
+    loop = T.LeanLoop(cfg, model, len(batches))
     torch.manual_seed(seed)                        # LoRA dropout
-    model.train()
-    losses, step_s = [], []
     t0 = time.perf_counter()
-    for step, batch in enumerate(batches):
-        t_step = time.perf_counter()
-        batch = {k: v.to(dev) for k, v in batch.items()}
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = (T.label_only_loss(model, batch) if cfg.label_only_head
-                    else None)
-            if loss is None:
-                loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        step_s.append(time.perf_counter() - t_step)
-        if not math.isfinite(losses[-1]):
-            raise LorabookError(f"loss became {losses[-1]} at step {step}")
+    losses, step_s = loop.run([[b] for b in batches])
     model.eval()
     info = dict(steps=len(batches), seconds=time.perf_counter() - t0,
                 step_s=step_s, losses=losses, samples=len(rows),
