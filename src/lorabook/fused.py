@@ -172,8 +172,8 @@ def keep_mask(shape, p: float, device=None) -> torch.Tensor:
     for d in shape:
         n *= d
     draws = torch.empty((n + 2) // 3, dtype=torch.int64, device=device).random_()
-    r = draws.view(torch.int16).view(-1, 4)[:, :3].reshape(-1)[:n]
-    return (r >= round(p * 65536) - 32768).view(shape)
+    keep = draws.view(torch.int16).view(-1, 4)[:, :3] >= round(p * 65536) - 32768
+    return keep.reshape(-1)[:n].view(shape)
 
 
 class _MaskDropout(torch.autograd.Function):

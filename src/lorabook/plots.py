@@ -67,7 +67,7 @@ def loss_curve(log_history: list, base_val_loss: float):
 
 def perplexity_bars(result: dict):
     """Base vs fine-tuned perplexity per split, with 95% bootstrap CIs."""
-    sns = _theme()
+    _theme()
     fig, ax = plt.subplots(figsize=(6, 3))
     colors = {"base": "#8c8c8c", "finetuned": "#4c72b0"}
     splits = ["validation", "test"]
