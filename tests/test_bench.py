@@ -116,10 +116,16 @@ def test_profile_categories():
         _ev("aten::nll_loss_forward", fwd, 1),
         _ev("aten::mul", fwd, 2),
     ]
+    # lorabook.fused: the LM head's softmax over the vocabulary belongs to
+    # the loss, the fp32 attention backward to attention.
+    lce = _ev("_LinearCrossEntropy", fwd, 0.5)
+    att_bwd = _ev("_AttentionFp32BackwardBackward", bwd, 0.25)
+    events += [lce, _ev("aten::_softmax", lce, 1.5, [[128, 1000]]),
+               att_bwd, _ev("aten::copy_", att_bwd, 0.75)]
     p = B.profile_shares(events, vocab, r)
     total = sum(e.self_cpu_time_total for e in events)
-    assert p["shares"]["lm_head_loss"] == pytest.approx((4 + 3 + 1 + 1) / total)
+    assert p["shares"]["lm_head_loss"] == pytest.approx((4 + 3 + 1 + 1 + 2) / total)
     assert p["shares"]["lora"] == pytest.approx(1 / total)
     assert p["shares"]["int8_matmul"] == pytest.approx(3 / total)
-    assert p["shares"]["attention"] == pytest.approx(2 / total)
+    assert p["shares"]["attention"] == pytest.approx(3 / total)
     assert sum(p["shares"].values()) == pytest.approx(1)

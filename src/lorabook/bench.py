@@ -266,21 +266,22 @@ def _category(ev, vocab: int, r: int) -> str | None:
             "adamw" in low or "clip_grad" in low:
         return "optimizer"
     if any(k in low for k in ("log_softmax", "logsoftmax", "nll_loss",
-                              "nllloss", "cross_entropy")):
-        return "lm_head_loss"
+                              "nllloss", "cross_entropy", "crossentropy")):
+        return "lm_head_loss"     # also fused.linear_cross_entropy
     if any(k in low for k in ("matmul8bit", "dequantlinear", "int8mm",
                               "bitsandbytes", "int8_", "_int_mm")):
         return "int8_matmul"
-    if any(k in low for k in ("scaled_dot_product", "scaleddotproduct",
-                              "softmax", "bmm")):
-        return "attention"
     dims = [d for s in (ev.input_shapes or []) if isinstance(s, list)
             for d in s if isinstance(d, int)]
     # The vocabulary dimension only occurs in the LM head and its loss
-    # (the embedding lookup aside); the LoRA rank only in LoRA's 2-D
-    # matmuls (3-D ops could have the batch size there instead).
+    # (the embedding lookup aside), so a softmax over it is the loss's.
     if vocab in dims and "embedding" not in low:
         return "lm_head_loss"
+    if any(k in low for k in ("scaled_dot_product", "scaleddotproduct",
+                              "softmax", "bmm", "attentionfp32")):
+        return "attention"        # attentionfp32: fused.ATTENTION's backward
+    # The LoRA rank only occurs in LoRA's 2-D matmuls (3-D ops could have
+    # the batch size there instead).
     if name in ("aten::mm", "aten::addmm") and r in dims:
         return "lora"
     return None
