@@ -135,3 +135,25 @@ def test_lean_loop_stops_on_a_non_finite_loss(tiny_cfg, tokenizer):
     loop.loss = lambda batch, n_items=None: torch.tensor(math.nan, requires_grad=True)
     with pytest.raises(LorabookError, match="loss became nan at step 0"):
         loop.run([[_batch(cfg, tokenizer, n=2)]])
+
+
+def test_trainer_loss_runs_under_bf16_autocast(tiny_cfg, tokenizer, tmp_path,
+                                               monkeypatch):
+    """The Trainer's label-only loss bypasses model.forward, which is where
+    accelerate puts autocast; with bf16 on, it must still run under it."""
+    from transformers import TrainingArguments
+    seen = []
+    real = T.label_only_loss
+
+    def spy(model, inputs, n=None):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real(model, inputs, n)
+
+    monkeypatch.setattr(T, "label_only_loss", spy)
+    cfg = tiny_cfg.replace(load_in_8bit=False)
+    model = M.load_model(cfg)
+    args = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True,
+                             report_to=[], label_names=["labels"])
+    trainer = T.make_trainer_class()(model=model, args=args)
+    trainer.compute_loss(trainer.model, _batch(cfg, tokenizer, n=2))
+    assert seen == [(True, torch.bfloat16)]

@@ -305,7 +305,11 @@ def make_trainer_class():
                          num_items_in_batch=None):
             loss = None
             if self.label_only_head:
-                loss = label_only_loss(model, inputs, num_items_in_batch)
+                # The Trainer leaves autocast to accelerate, which wraps
+                # model.forward; label_only_loss calls the backbone instead,
+                # so enter accelerate's autocast here (bf16 when args.bf16).
+                with self.accelerator.autocast():
+                    loss = label_only_loss(model, inputs, num_items_in_batch)
             if loss is None:
                 return super().compute_loss(model, inputs, return_outputs,
                                             num_items_in_batch)
