@@ -16,7 +16,8 @@ def test_presets_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("bad", [
     dict(epochs=0), dict(lora_dropout=1.5), dict(learning_rate=-1),
-    dict(batch_size=2.5), dict(padding="left"), dict(max_length=4)])
+    dict(batch_size=2.5), dict(padding="left"), dict(max_length=4),
+    dict(pad_to_multiple_of=0)])
 def test_invalid_hyperparameters_rejected(bad):
     with pytest.raises(LorabookError, match="invalid configuration"):
         load_config("tiny", **bad)

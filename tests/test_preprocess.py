@@ -59,6 +59,21 @@ def test_collator_max_length(tokenizer):
         P.Collator(tokenizer, "max_length", None)
 
 
+def test_collator_rounds_the_width_up_to_a_multiple(tokenizer):
+    feats = [{"input_ids": [5] * n, "attention_mask": [1] * n, "labels": [7] * n}
+             for n in (3, 17)]
+    batch = P.Collator(tokenizer, multiple_of=16)(feats)
+    assert batch["input_ids"].shape == (2, 32)
+    assert batch["attention_mask"].sum().item() == 20          # real tokens only
+    assert (batch["labels"][1, 17:] == -100).all()
+    # Never past max_length (unless a sample is longer already).
+    assert P.Collator(tokenizer, "longest", 24, 16)(feats)["input_ids"].shape[1] == 24
+    assert P.Collator(tokenizer, "longest", 10, 16)(feats)["input_ids"].shape[1] == 17
+    assert P.Collator(tokenizer)(feats)["input_ids"].shape[1] == 17
+    with pytest.raises(LorabookError, match="multiple_of"):
+        P.Collator(tokenizer, multiple_of=0)
+
+
 def test_truncation_cuts_response_not_prompt(tokenizer):
     p = P.prompt_ids(PROMPT, tokenizer)
     ex = P.encode(PROMPT, RESPONSE, tokenizer, max_length=len(p) + 3)

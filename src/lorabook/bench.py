@@ -409,7 +409,8 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     pad_to = REFERENCE_PAD_TO if rcfg.padding == "max_length" else None
     if pad_to is not None and max(len(x) for x in train_ds["input_ids"]) > pad_to:
         raise LorabookError(f"samples longer than {pad_to} tokens")
-    collate = P.Collator(tok, rcfg.padding, pad_to)
+    collate = P.Collator(tok, rcfg.padding, pad_to or rcfg.max_length,
+                         rcfg.pad_to_multiple_of)
     feats = [{k: train_ds[i][k] for k in ("input_ids", "attention_mask", "labels")}
              for i in sorted({i for b in plan for i in b})]
     by_index = dict(zip(sorted({i for b in plan for i in b}), feats))

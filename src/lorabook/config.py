@@ -44,6 +44,11 @@ class Config:
     seed: int = 42
     max_length: int = 128
     padding: str = "longest"              # or "max_length" (assignment)
+    # With padding="longest", round each training batch's width up to a
+    # multiple of this: a few batch shapes instead of one per length keep
+    # PyTorch's per-shape (oneDNN) caches from growing (appendix on
+    # performance). 1 = exactly the longest sample.
+    pad_to_multiple_of: int = 16
     # --- model ------------------------------------------------------------
     model_name: str = BUNDLED_MODEL
     load_in_8bit: bool = True
@@ -152,6 +157,8 @@ def validate(cfg: Config) -> None:
                                          and cfg.batch_size % mb)):
         problems.append(f"micro_batch_size must be a positive divisor of "
                         f"batch_size ({cfg.batch_size}) or null, got {mb!r}")
+    if cfg.pad_to_multiple_of < 1:
+        problems.append(f"pad_to_multiple_of must be >= 1, got {cfg.pad_to_multiple_of}")
     if not (0 <= cfg.lora_dropout < 1):
         problems.append(f"lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
     if not (0 < cfg.learning_rate < 1):

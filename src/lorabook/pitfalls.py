@@ -567,7 +567,8 @@ def leakage_training_comparison(cfg: Config, samples: list[dict], tokenizer,
                                   n_groups=n_groups)
     enc = P.tokenize_splits({k: sp[k] for k in ("test", "address", "passage")},
                             tokenizer, cfg).splits
-    collator = P.Collator(tokenizer, cfg.padding, cfg.max_length)
+    collator = P.Collator(tokenizer, cfg.padding, cfg.max_length,
+                          cfg.pad_to_multiple_of)
     score_collator = P.Collator(tokenizer)
     test_groups = set(sp["test_groups"])
     nll, rows = {}, []

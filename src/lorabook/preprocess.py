@@ -125,21 +125,36 @@ class Collator:
     """Pads a batch; labels of padding are -100 by position.
 
     `padding="longest"` pads to the longest sample in the batch (dynamic
-    padding, the default); `"max_length"` pads everything to `max_length`,
-    as the assignment's recipe does.
+    padding, the default), rounded up to a multiple of `multiple_of` (but
+    not past `max_length`); `"max_length"` pads everything to `max_length`,
+    as the assignment's recipe does. Few distinct batch widths keep
+    PyTorch's per-shape kernel caches small: with a width per batch, the
+    oneDNN caches grew the training process by about 12 MB per step here
+    (appendix on performance).
     """
 
     def __init__(self, tokenizer, padding: str = "longest",
-                 max_length: int | None = None):
+                 max_length: int | None = None, multiple_of: int = 1):
         if padding == "max_length" and not max_length:
             raise LorabookError("padding='max_length' needs max_length")
+        if multiple_of < 1:
+            raise LorabookError(f"multiple_of must be >= 1, got {multiple_of}")
         self.pad_id = tokenizer.pad_token_id
         self.padding = padding
         self.max_length = max_length
+        self.multiple_of = multiple_of
+
+    def width(self, lengths: list[int]) -> int:
+        if self.padding == "max_length":
+            return self.max_length
+        longest = max(lengths)
+        width = -(-longest // self.multiple_of) * self.multiple_of
+        if self.max_length:
+            width = min(width, max(self.max_length, longest))
+        return width
 
     def __call__(self, features: list[dict]) -> dict:
-        width = (self.max_length if self.padding == "max_length"
-                 else max(len(f["input_ids"]) for f in features))
+        width = self.width([len(f["input_ids"]) for f in features])
         batch = {"input_ids": [], "attention_mask": [], "labels": []}
         for f in features:
             n = len(f["input_ids"])

@@ -402,7 +402,8 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
     trainer = Trainer(
         model=model, args=training_arguments(cfg, out),
         train_dataset=train_ds, eval_dataset=val_ds,
-        data_collator=P.Collator(tokenizer, cfg.padding, cfg.max_length),
+        data_collator=P.Collator(tokenizer, cfg.padding, cfg.max_length,
+                                 cfg.pad_to_multiple_of),
         processing_class=tokenizer, callbacks=[progress.callback])
     # Our callback prints one short line per log; the Trainer's own printer
     # would add a dict per log on top.
