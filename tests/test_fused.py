@@ -110,19 +110,24 @@ def _tiny_llama():
     return LlamaForCausalLM(cfg).double()
 
 
+def _tiny_lora(base):
+    """Frozen `base` with seeded, non-zero LoRA adapters on q and v, no dropout
+    (so two runs draw no random masks and can be compared exactly)."""
+    from peft import LoraConfig, get_peft_model
+    base.requires_grad_(False)
+    torch.manual_seed(1)
+    return get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                           target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+
+
 def test_apply_keeps_a_lora_models_loss_and_gradients():
     """A whole Llama + LoRA step (fp64, dropout off so the masks agree):
     the patched model gives the same loss and LoRA gradients."""
-    from peft import LoraConfig, get_peft_model
     from lorabook.train import label_only_loss
 
     def run(lean):
-        base = _tiny_llama()
-        base.requires_grad_(False)
-        torch.manual_seed(1)
-        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                target_modules=["q_proj", "v_proj"],
-                                                init_lora_weights=False))
+        model = _tiny_lora(_tiny_llama())
         if lean:
             counts = fused.apply(model)
             assert counts["rms_norm"] == 5 and counts["mlp"] == 2
@@ -182,15 +187,8 @@ def _graph_names(fn):
 def test_attention_bf16_forward_fp32_backward():
     """Under bf16 autocast the patched attention is used, and its gradients
     are at least as close to the fp32 gradients as plain bf16 SDPA's."""
-    from peft import LoraConfig, get_peft_model
-
     def grads(lean, bf16):
-        base = _tiny_llama().float()
-        base.requires_grad_(False)
-        torch.manual_seed(1)
-        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                target_modules=["q_proj", "v_proj"],
-                                                init_lora_weights=False))
+        model = _tiny_lora(_tiny_llama().float())
         if lean:
             fused.apply(model)
         ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(2))

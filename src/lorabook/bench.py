@@ -427,7 +427,6 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     load_s = time.perf_counter() - t0
     memory["after_load"] = _rss_now_mb()
     memory["peak_load"] = _peak_rss_mb()
-    bf16 = M.use_bf16(rcfg)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_base = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     vocab = model.get_base_model().get_output_embeddings().weight.shape[0]
@@ -441,8 +440,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
 
     real = [sum(int(b["attention_mask"].sum()) for b in m) for m in batches]
     computed = [sum(int(b["input_ids"].numel()) for b in m) for m in batches]
-    learned = [sum(int((b["labels"][:, 1:] != -100).sum()) for b in m)
-               for m in batches]
+    learned = [T.learned_tokens(m) for m in batches]
     steps = len(batches)
     # The first step pays one-off costs (kernel choice, allocator growth);
     # the rate is over the others when there are any.
@@ -474,7 +472,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
 
     all_real = sum(sum(m) for m in train_ds["attention_mask"])
     return dict(
-        recipe=recipe, quant_backend=M.quant_backend(rcfg), bf16=bf16,
+        recipe=recipe, quant_backend=M.quant_backend(rcfg), bf16=loop.bf16,
         gradient_checkpointing=rcfg.gradient_checkpointing,
         padding=rcfg.padding if pad_to is None else f"max_length={pad_to}",
         label_only_head=rcfg.label_only_head, batch_size=rcfg.batch_size,
@@ -617,8 +615,8 @@ def run_bench(cfg: Config, *, steps: int | None = None,
         return e
 
     entries = {r: train(r, "recipe", profile) for r in RECIPES}
-    variants = {} if cfg.batch_size % 2 else {
-        v: train(v, "variant", False) for v in VARIANTS}
+    variants = {v: train(v, "variant", False) for v in VARIANTS
+                if _applies(cfg, v)}
     ref, lb = entries["reference"], entries["lorabook"]
     if ref["real_tokens"] != lb["real_tokens"]:
         raise RuntimeError("the recipes saw different numbers of real tokens")
@@ -642,6 +640,16 @@ def run_bench(cfg: Config, *, steps: int | None = None,
     os.replace(tmp, path)
     (out / "results.md").write_text(markdown_table(result) + "\n")
     return result
+
+
+def _applies(cfg: Config, recipe: str) -> bool:
+    """Whether a recipe is valid for `cfg` (micro-batches of 2 need an even
+    batch size)."""
+    try:
+        recipe_config(cfg, recipe)
+    except LorabookError:
+        return False
+    return True
 
 
 def _threads() -> int:

@@ -220,6 +220,12 @@ def length_grouped_batches(lengths: list[int], batch_size: int, *,
     return batches
 
 
+def learned_tokens(micro: list[dict]) -> int:
+    """Positions whose next token carries a label, over a step's micro-batches
+    (the count `label_only_loss` divides by)."""
+    return sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+
+
 class LeanLoop:
     """The Trainer's optimisation in a bare loop, for short side-by-side runs.
 
@@ -262,8 +268,7 @@ class LeanLoop:
         advance=False leaves the learning-rate schedule where it is (a
         profiled extra step)."""
         from torch.profiler import record_function
-        n = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-        n_items = torch.tensor(n) if len(micro) > 1 else None
+        n_items = torch.tensor(learned_tokens(micro)) if len(micro) > 1 else None
         total = 0.0
         for batch in micro:
             with record_function("bench::forward"):
