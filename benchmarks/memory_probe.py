@@ -1,0 +1,101 @@
+"""Where a training step's memory goes: live tensors against resident memory.
+
+Loads one recipe's model in this process, trains a few warm-up steps on
+the benchmark's batch plan and then profiles one step of its largest batch
+with `torch.profiler(profile_memory=True)`. Prints the RSS before the step,
+the step's own RSS peak (Linux: VmHWM reset through /proc/self/clear_refs),
+the peak of live tensor bytes the profiler saw, and the saved tensors. The
+gap between the RSS peak and the live-tensor peak is what the allocator
+(glibc malloc, oneDNN caches) holds on top of the tensors.
+
+    .venv/bin/python benchmarks/memory_probe.py lorabook
+    .venv/bin/python benchmarks/memory_probe.py lorabook --set gradient_checkpointing=true
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+
+def status(field: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def main() -> None:
+    import warnings
+    warnings.filterwarnings("ignore")
+    from lorabook import bench as B
+    from lorabook import model as M
+    from lorabook import preprocess as P
+    from lorabook import train as T
+    from lorabook.config import load_config
+    import torch
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("recipe", nargs="?", default="lorabook")
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--set", action="append", default=[],
+                    help="config override key=value (yaml value)")
+    a = ap.parse_args()
+    import yaml
+    cfg = load_config(a.preset)
+    rcfg = B.recipe_config(cfg, a.recipe)
+    over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
+    rcfg = rcfg.replace(**over) if over else rcfg
+    print("imports", round(status("VmRSS")), "MB")
+    tok = M.load_tokenizer(rcfg)
+    train_ds = B._encoded(rcfg, tok)["train"]
+    plan = B.batch_plan(cfg, a.steps, train_ds)
+    pad_to = B.REFERENCE_PAD_TO if rcfg.padding == "max_length" else rcfg.max_length
+    collate = P.Collator(tok, rcfg.padding, pad_to, rcfg.pad_to_multiple_of)
+    keys = ("input_ids", "attention_mask", "labels")
+    mb = T.micro_batch(rcfg) if rcfg.label_only_head else rcfg.batch_size
+    steps = [[collate([{k: train_ds[i][k] for k in keys} for i in b[j:j + mb]])
+              for j in range(0, len(b), mb)] for b in plan]
+    largest = max(steps, key=lambda s: sum(b["input_ids"].numel() for b in s))
+    print("data", round(status("VmRSS")), "MB")
+    model = M.load_model(rcfg)
+    print("model", round(status("VmRSS")), "MB")
+    loop = T.LeanLoop(rcfg, model, len(steps) + 1)
+    model.train()
+    torch.manual_seed(0)
+    for s in steps[:a.warmup]:
+        loop.step(s)
+    M.release_free_memory()
+    before = status("VmRSS")
+    reset_peak()
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+        loop.step(largest)
+    step_peak = status("VmHWM")
+    live = peak = 0
+    evs = sorted((e for e in p.events() if e.name == "[memory]"),
+                 key=lambda e: e.time_range.start)
+    for e in evs:
+        live += e.cpu_memory_usage
+        peak = max(peak, live)
+    saved = B.saved_tensor_mb(model, lambda: loop.loss(largest[0]))
+    print(f"largest step: {sum(b['input_ids'].numel() for b in largest)} positions "
+          f"in micro-batches of {mb}")
+    print(f"RSS before step {before:.0f} MB, step peak {step_peak:.0f} MB "
+          f"(+{step_peak - before:.0f}); live-tensor peak +{peak / 2**20:.0f} MB; "
+          f"saved for backward {saved:.0f} MB (one micro-batch)")
+
+
+if __name__ == "__main__":
+    main()
