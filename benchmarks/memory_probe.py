@@ -1,12 +1,10 @@
-"""Where a training step's memory goes: live tensors against resident memory.
+"""Where a training step's memory goes: resident memory against saved tensors.
 
 Loads one recipe's model in this process, trains a few warm-up steps on
-the benchmark's batch plan and then profiles one step of its largest batch
-with `torch.profiler(profile_memory=True)`. Prints the RSS before the step,
-the step's own RSS peak (Linux: VmHWM reset through /proc/self/clear_refs),
-the peak of live tensor bytes the profiler saw, and the saved tensors. The
-gap between the RSS peak and the live-tensor peak is what the allocator
-(glibc malloc, oneDNN caches) holds on top of the tensors.
+the benchmark's batch plan and then one step of its largest batch. Prints
+the RSS after each stage, the RSS before that step and the step's own peak
+(Linux: VmHWM reset through /proc/self/clear_refs), and the tensors one
+forward pass keeps for the backward pass.
 
     .venv/bin/python benchmarks/memory_probe.py lorabook
     .venv/bin/python benchmarks/memory_probe.py lorabook --set gradient_checkpointing=true
@@ -79,22 +77,13 @@ def main() -> None:
     M.release_free_memory()
     before = status("VmRSS")
     reset_peak()
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
-        loop.step(largest)
+    loop.step(largest)
     step_peak = status("VmHWM")
-    live = peak = 0
-    evs = sorted((e for e in p.events() if e.name == "[memory]"),
-                 key=lambda e: e.time_range.start)
-    for e in evs:
-        live += e.cpu_memory_usage
-        peak = max(peak, live)
     saved = B.saved_tensor_mb(model, lambda: loop.loss(largest[0]))
     print(f"largest step: {sum(b['input_ids'].numel() for b in largest)} positions "
           f"in micro-batches of {mb}")
     print(f"RSS before step {before:.0f} MB, step peak {step_peak:.0f} MB "
-          f"(+{step_peak - before:.0f}); live-tensor peak +{peak / 2**20:.0f} MB; "
-          f"saved for backward {saved:.0f} MB (one micro-batch)")
+          f"(+{step_peak - before:.0f}); saved for backward {saved:.0f} MB (one micro-batch)")
 
 
 if __name__ == "__main__":

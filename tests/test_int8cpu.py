@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from lorabook.int8cpu import (Int8Linear, dequantize_model, model_nbytes,
+from lorabook.int8cpu import (Int8Linear, dequantize_model,
+                              dequantized_for_inference, model_nbytes,
                               quantize_model_8bit)
 
 peft = pytest.importorskip("peft")
@@ -125,6 +126,32 @@ def test_quantize_model_logits_and_memory():
         assert rel(model(ids).logits, ref(ids).logits) < 0.02
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert rel(model(ids).logits, ref(ids).logits) < 0.05
+
+
+def test_dequantized_for_inference_same_outputs_and_freed():
+    model = quantize_model_8bit(_tiny_llama(), compute_dtype=torch.float32)
+    ids = torch.randint(0, 1000, (2, 16))
+    with torch.no_grad():
+        plain = model(ids).logits
+        plain_gen = model.generate(ids, max_new_tokens=6, do_sample=False)
+        with dequantized_for_inference(model):
+            layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+            assert all(m._inference_weight is not None for m in layers)
+            cached = model(ids).logits
+            cached_gen = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert torch.equal(cached, plain)
+    assert torch.equal(cached_gen, plain_gen)
+    assert all(m._inference_weight is None for m in layers)   # freed on exit
+    # With gradients on, the cache is not used: training still sees int8.
+    with dequantized_for_inference(model):
+        x = torch.randn(3, layers[0].in_features, requires_grad=True)
+        layers[0](x).sum().backward()
+        assert x.grad is not None
+    # Freed even when the block raises.
+    with pytest.raises(RuntimeError):
+        with dequantized_for_inference(model):
+            raise RuntimeError("boom")
+    assert all(m._inference_weight is None for m in layers)
 
 
 @pytest.mark.parametrize("use_prepare", [True, False])
