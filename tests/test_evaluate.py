@@ -1,3 +1,4 @@
+import contextlib
 import math
 
 import numpy as np
@@ -51,6 +52,35 @@ def test_perplexity_independent_of_batch_and_padding(scored, tokenizer, bs):
     for s, c in (dyn, fixed):
         assert (c == ref[1]).all()
         np.testing.assert_allclose(s, ref[0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("bs", [1, 2])
+def test_fast_response_nll_equals_full_logits(scored, tokenizer, bs):
+    """The label-only, length-sorted path gives each example (in the
+    dataset's order) what full logits in corpus order give, with the
+    adapter on and off."""
+    model, ds, _ = scored
+    assert E.T.backbone_and_head(model) is not None   # the fast path runs
+    collator = P.Collator(tokenizer)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    g = torch.Generator().manual_seed(0)
+    try:
+        with torch.no_grad():      # a trained-looking adapter, not B = 0
+            for p in lora_b:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+        results = []
+        for ctx in (model.disable_adapter, contextlib.nullcontext):
+            with ctx():
+                fast = E.response_nll(model, ds, collator, bs)
+                plain = E._response_nll_plain(model, ds, collator, bs)
+            assert (fast[1] == plain[1]).all()
+            np.testing.assert_allclose(fast[0], plain[0], rtol=1e-4)
+            results.append(fast[0])
+        assert not np.allclose(results[0], results[1])   # adapter mattered
+    finally:
+        with torch.no_grad():
+            for p in lora_b:
+                p.zero_()
 
 
 def test_perplexity_overflow_guard():

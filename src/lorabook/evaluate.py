@@ -65,12 +65,57 @@ def shifted_logits(model, dataset, collator, batch_size: int = 16):
         yield batch, labels[:, 1:], model(**batch).logits[:, :-1].float()
 
 
+@torch.no_grad()
 def response_nll(model, dataset, collator, batch_size: int = 16):
     """Per-example summed NLL of the learned tokens, and their counts.
 
     Summing per example (not averaging per batch) makes the split's
     perplexity independent of batch size and padding.
+
+    Only the work the answer needs is done: samples are batched longest
+    first (little padding), the LM head and softmax run only at labelled
+    positions (as in training, `train.label_only_loss`), and 8-bit layers
+    are de-quantized once per call. The result is the same as scoring full
+    logits in corpus order (a test checks it); a model without the usual
+    decoder/head split takes that plain path.
     """
+    parts = T.backbone_and_head(model)
+    if parts is None:
+        return _response_nll_plain(model, dataset, collator, batch_size)
+    backbone, head = parts
+    model.eval()
+    rows = [dataset[i] for i in range(len(dataset))]
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+    sums = np.zeros(len(rows))
+    counts = np.zeros(len(rows), dtype=np.int64)
+    with dequantized_for_inference(model):
+        for start in range(0, len(rows), batch_size):
+            idx = order[start:start + batch_size]
+            batch = collator([{k: rows[i][k] for k in
+                               ("input_ids", "attention_mask", "labels")}
+                              for i in idx])
+            batch = {k: v.to(M.device()) for k, v in batch.items()}
+            mask = batch["attention_mask"]
+            if T._right_padded(mask):     # see train.label_only_loss
+                mask = None
+            hidden = backbone(input_ids=batch["input_ids"],
+                              attention_mask=mask).last_hidden_state
+            target = batch["labels"][:, 1:]
+            keep = target != -100
+            h, t = hidden[:, :-1][keep], target[keep]
+            row = keep.nonzero()[:, 0]
+            per = torch.zeros(len(idx), dtype=torch.float64, device=h.device)
+            for j in range(0, len(t), 1024):     # bounded logits memory
+                nll = torch.nn.functional.cross_entropy(
+                    head(h[j:j + 1024]).float(), t[j:j + 1024],
+                    reduction="none")
+                per.index_add_(0, row[j:j + 1024], nll.double())
+            sums[idx] = per.cpu().numpy()
+            counts[idx] = keep.sum(1).cpu().numpy()
+    return sums, counts
+
+
+def _response_nll_plain(model, dataset, collator, batch_size: int):
     sums, counts = [], []
     for _, target, logits in shifted_logits(model, dataset, collator, batch_size):
         nll = torch.nn.functional.cross_entropy(
@@ -127,35 +172,31 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
     number of generated tokens.
     """
     model.eval()
-    with dequantized_for_inference(model):
-        return _generate(model, tokenizer, prompts, max_new_tokens, do_sample,
-                         seed, temperature, top_p, batch_size)
-
-
-def _generate(model, tokenizer, prompts, max_new_tokens, do_sample, seed,
-              temperature, top_p, batch_size) -> list[dict]:
+    kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p,
+                  top_k=0) if do_sample else dict(do_sample=False)
     results = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = [P.prompt_ids(p, tokenizer) for p in prompts[i:i + batch_size]]
-        width = max(map(len, chunk))
-        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c
-                            for c in chunk], device=M.device())
-        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c)
-                             for c in chunk], device=M.device())
-        torch.manual_seed(seed + i)
-        kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p,
-                      top_k=0) if do_sample else dict(do_sample=False)
-        out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, use_cache=True, **kwargs)
-        for row in out[:, width:].tolist():
-            stopped = tokenizer.eos_token_id in row
-            row = row[:row.index(tokenizer.eos_token_id)] if stopped else [
-                t for t in row if t != tokenizer.pad_token_id]
-            results.append(dict(text=tokenizer.decode(
-                row, skip_special_tokens=True).strip(),
-                stopped=stopped, n_tokens=len(row) + int(stopped)))
+    with dequantized_for_inference(model):
+        for i in range(0, len(prompts), batch_size):
+            chunk = [P.prompt_ids(p, tokenizer)
+                     for p in prompts[i:i + batch_size]]
+            width = max(map(len, chunk))
+            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c
+                                for c in chunk], device=M.device())
+            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c)
+                                 for c in chunk], device=M.device())
+            torch.manual_seed(seed + i)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, use_cache=True, **kwargs)
+            for row in out[:, width:].tolist():
+                stopped = tokenizer.eos_token_id in row
+                row = row[:row.index(tokenizer.eos_token_id)] if stopped else [
+                    t for t in row if t != tokenizer.pad_token_id]
+                results.append(dict(text=tokenizer.decode(
+                    row, skip_special_tokens=True).strip(),
+                    stopped=stopped, n_tokens=len(row) + int(stopped)))
     return results
 
 
@@ -205,19 +246,43 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
     result["validation"] = score_split(model, enc.splits["validation"],
                                        collator, cfg)
 
-    # Held-out prompts from the test split, with their real continuations.
+    # A seeded sample of test prompts, with their real continuations: all
+    # are scored against their references (greedy), and a few of them are
+    # shown in the book next to the new prompts, greedy and sampled.
+    # Generation is the slow part of evaluation on a CPU, so the greedy
+    # generations of the shown prompts are those of the scored ones, and
+    # the scored and new prompts decode together in one batch.
     rng = np.random.default_rng(cfg.seed)
     test = splits["test"]
-    n_show = min(cfg.n_generation_prompts, len(test))
-    shown = [test[i] for i in sorted(rng.choice(len(test), n_show, replace=False))]
-    prompts = [s["prompt"] for s in shown] + [new_prompt_text(p) for p in NEW_PROMPTS]
+    n_metric = min(cfg.n_metric_prompts, len(test))
+    scored = [test[i] for i in sorted(rng.choice(len(test), n_metric, replace=False))]
+    n_show = min(cfg.n_generation_prompts, n_metric)
+    show_at = sorted(rng.choice(n_metric, n_show, replace=False))
+    shown = [scored[i] for i in show_at]
+    new_prompts = [new_prompt_text(p) for p in NEW_PROMPTS]
+    refs = [s["response"] for s in scored]
+    if verbose:
+        print(f"Generating for {n_metric} test prompts and "
+              f"{len(new_prompts)} new ones (greedy) ...", flush=True)
+    greedy = [s["prompt"] for s in scored] + new_prompts
+    base_g, tuned_g, speed = _gen_pair(model, tokenizer, greedy, cfg,
+                                       batch_size=len(greedy),
+                                       **GEN_SETTINGS["greedy"])
+    speeds = [speed]
+    picked = list(show_at) + list(range(n_metric, len(greedy)))
+    gens = dict(greedy=([base_g[i] for i in picked],
+                        [tuned_g[i] for i in picked]))
+    base_g, tuned_g = base_g[:n_metric], tuned_g[:n_metric]
+    prompts = [s["prompt"] for s in shown] + new_prompts
+    if verbose:
+        print(f"Generating for the {len(prompts)} shown prompts (sampled) ...",
+              flush=True)
+    *gens["sampled"], speed = _gen_pair(model, tokenizer, prompts, cfg,
+                                        **GEN_SETTINGS["sampled"])
+    speeds.append(speed)
     records = []
-    speeds = []
-    for setting, kw in GEN_SETTINGS.items():
-        if verbose:
-            print(f"Generating ({setting}) ...", flush=True)
-        base, tuned, speed = _gen_pair(model, tokenizer, prompts, cfg, **kw)
-        speeds.append(speed)
+    for setting in GEN_SETTINGS:
+        base, tuned = gens[setting]
         for j, p in enumerate(prompts):
             src = shown[j] if j < n_show else None
             records.append(dict(
@@ -232,23 +297,12 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
-    # Metrics over a seeded sample of test prompts (greedy), against the
-    # references: generation is the slow part of evaluation on a CPU.
-    n_metric = min(cfg.n_metric_prompts, len(test))
-    scored = [test[i] for i in sorted(rng.choice(len(test), n_metric, replace=False))]
-    if verbose:
-        print(f"Generating for {n_metric} test prompts (metrics) ...",
-              flush=True)
-    all_prompts = [s["prompt"] for s in scored]
-    refs = [s["response"] for s in scored]
-    base_g, tuned_g, speed = _gen_pair(model, tokenizer, all_prompts, cfg)
-    speeds.append(speed)
     index = X.build_overlap_index([s["response"] for s in splits["train"]])
     result["generation"] = dict(
         settings=dict(max_new_tokens=cfg.gen_max_new_tokens,
                       greedy=GEN_SETTINGS["greedy"],
                       sampled=GEN_SETTINGS["sampled"]),
-        n_prompts=len(all_prompts),
+        n_prompts=n_metric,
         tokens_per_s=float(np.mean(speeds)))
     for name, gens in (("base", base_g), ("finetuned", tuned_g)):
         texts = [g["text"] for g in gens]

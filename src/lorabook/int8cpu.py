@@ -31,7 +31,6 @@ the LoRA delta into the int8 tensor).
 from __future__ import annotations
 
 import contextlib
-
 import functools
 import json
 import struct
@@ -96,14 +95,19 @@ def dequantize_rowwise(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype)
     return q.to(dtype).mul_(scale.to(dtype)[:, None])
 
 
+def _linear_in(x, w, bias):
+    """x @ w^T + bias, computed in w's dtype."""
+    b = None if bias is None else bias.to(w.dtype)
+    return F.linear(x.to(w.dtype), w, b)
+
+
 class _DequantLinear(torch.autograd.Function):
     """y = x @ dequant(W)^T + b; backward recomputes dequant(W) for dx."""
 
     @staticmethod
     def forward(ctx, x, qweight, scale, bias, compute_dtype, out_dtype, save_dequantized):
         w = dequantize_rowwise(qweight, scale, compute_dtype)
-        b = None if bias is None else bias.to(compute_dtype)
-        y = F.linear(x.to(compute_dtype), w, b)
+        y = _linear_in(x, w, bias)
         ctx.x_dtype = x.dtype
         ctx.compute_dtype = compute_dtype
         ctx.has_bias = bias is not None
@@ -244,8 +248,7 @@ class Int8Linear(nn.Linear):
         if cached is not None and not torch.is_grad_enabled() and \
                 not torch.is_autocast_enabled(x.device.type):
             # Inside `dequantized_for_inference`: no per-call de-quantization.
-            b = None if self.bias is None else self.bias.to(cached.dtype)
-            return F.linear(x.to(cached.dtype), cached, b).to(x.dtype)
+            return _linear_in(x, cached, self.bias).to(x.dtype)
         if torch.is_autocast_enabled("cpu") and x.device.type == "cpu":
             compute = out = torch.get_autocast_dtype("cpu")
         else:

@@ -159,6 +159,19 @@ def _right_padded(attention_mask) -> bool:
     return bool((m[:, 1:] <= m[:, :-1]).all())
 
 
+def backbone_and_head(model):
+    """(decoder stack, LM head) of a causal LM, PEFT-wrapped or not, or None
+    when the model does not expose them the usual transformers way."""
+    from peft import PeftModel
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    get_head = getattr(base, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    backbone = getattr(base, "base_model", None)
+    if head is None or backbone is None or backbone is base:
+        return None
+    return backbone, head
+
+
 def label_only_loss(model, inputs: dict, num_items_in_batch=None):
     """Causal-LM loss with the LM head applied only where a label is.
 
@@ -171,11 +184,10 @@ def label_only_loss(model, inputs: dict, num_items_in_batch=None):
     from peft import PeftModel
     if not isinstance(model, PeftModel):
         return None
-    base = model.get_base_model()
-    head = base.get_output_embeddings()
-    backbone = getattr(base, "base_model", None)
-    if head is None or backbone is None or backbone is base:
+    parts = backbone_and_head(model)
+    if parts is None:
         return None
+    backbone, head = parts
     labels = inputs["labels"]
     mask = inputs.get("attention_mask")
     if mask is not None and _right_padded(mask):
