@@ -37,9 +37,10 @@ class Config:
     min_samples: int = 1000               # the assignment's floor
     # Sizes of the seeded subset per split; None means "all of the split".
     # Chosen so that the default book builds in about half an hour on a
-    # 2-core CPU without native bf16 (fp32 training runs at ~155 real
-    # tokens/s there; 3 epochs of 240 samples are ~73k tokens).
-    n_train: int | None = 240
+    # 2-core CPU without native bf16, whose speed varies from day to day
+    # (fp32 training runs at 95-115 real tokens/s in the Trainer there; 3
+    # epochs of 160 samples are ~48k tokens).
+    n_train: int | None = 160
     n_val: int | None = 100
     n_test: int | None = 200
     val_fraction: float = 0.1             # share of groups per split

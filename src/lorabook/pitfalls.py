@@ -628,7 +628,7 @@ def trained_demo_sizes(cfg: Config) -> dict:
         return dict(eos_train=32, eos_prompts=8, eos_epochs=2,
                     leak_train=32, leak_test=16, leak_test_groups=2,
                     leak_groups=6, leak_epochs=1)
-    return dict(eos_train=120, eos_prompts=16, eos_epochs=1,
+    return dict(eos_train=96, eos_prompts=16, eos_epochs=1,
                 leak_train=96, leak_test=48, leak_test_groups=4,
                 leak_groups=12, leak_epochs=1)
 
