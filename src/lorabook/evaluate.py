@@ -95,15 +95,7 @@ def response_nll(model, dataset, collator, batch_size: int = 16):
                                ("input_ids", "attention_mask", "labels")}
                               for i in idx])
             batch = {k: v.to(M.device()) for k, v in batch.items()}
-            mask = batch["attention_mask"]
-            if T._right_padded(mask):     # see train.label_only_loss
-                mask = None
-            hidden = backbone(input_ids=batch["input_ids"],
-                              attention_mask=mask).last_hidden_state
-            target = batch["labels"][:, 1:]
-            keep = target != -100
-            h, t = hidden[:, :-1][keep], target[keep]
-            row = keep.nonzero()[:, 0]
+            h, t, row = T.labelled_hidden(backbone, batch)
             per = torch.zeros(len(idx), dtype=torch.float64, device=h.device)
             for j in range(0, len(t), 1024):     # bounded logits memory
                 nll = torch.nn.functional.cross_entropy(
@@ -111,7 +103,7 @@ def response_nll(model, dataset, collator, batch_size: int = 16):
                     reduction="none")
                 per.index_add_(0, row[j:j + 1024], nll.double())
             sums[idx] = per.cpu().numpy()
-            counts[idx] = keep.sum(1).cpu().numpy()
+            counts[idx] = np.bincount(row.cpu().numpy(), minlength=len(idx))
     return sums, counts
 
 

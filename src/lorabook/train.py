@@ -172,6 +172,29 @@ def backbone_and_head(model):
     return backbone, head
 
 
+def labelled_hidden(backbone, inputs: dict):
+    """The decoder's last hidden states at the positions whose next token
+    carries a label: (hidden [n, d], target ids [n], batch row of each [n]).
+
+    What `label_only_loss` (training) and `evaluate.response_nll` (scoring)
+    feed to the LM head; the head and its softmax never see prompt or
+    padding positions.
+    """
+    mask = inputs.get("attention_mask")
+    if mask is not None and _right_padded(mask):
+        # With padding only on the right, a real token's causal window holds
+        # real tokens only, so the padding mask changes no real position;
+        # dropping it lets attention take the causal-only fast path. Padded
+        # positions then see real tokens, but they carry no label and no
+        # real position sees them. (Position ids count from 0 either way.)
+        mask = None
+    hidden = backbone(input_ids=inputs["input_ids"],
+                      attention_mask=mask).last_hidden_state
+    target = inputs["labels"][:, 1:]
+    keep = target != -100
+    return hidden[:, :-1][keep], target[keep], keep.nonzero()[:, 0]
+
+
 def label_only_loss(model, inputs: dict, num_items_in_batch=None):
     """Causal-LM loss with the LM head applied only where a label is.
 
@@ -188,29 +211,16 @@ def label_only_loss(model, inputs: dict, num_items_in_batch=None):
     if parts is None:
         return None
     backbone, head = parts
-    labels = inputs["labels"]
-    mask = inputs.get("attention_mask")
-    if mask is not None and _right_padded(mask):
-        # With padding only on the right, a real token's causal window holds
-        # real tokens only, so the padding mask changes no real position;
-        # dropping it lets attention take the causal-only fast path. Padded
-        # positions then see real tokens, but they carry no label and no
-        # real position sees them. (Position ids count from 0 either way.)
-        mask = None
-    hidden = backbone(input_ids=inputs["input_ids"],
-                      attention_mask=mask).last_hidden_state
-    target = labels[:, 1:]
-    mask = target != -100
-    h = hidden[:, :-1][mask]
+    h, target, _ = labelled_hidden(backbone, inputs)
     if getattr(model, "lorabook_fused", False) and not head.weight.requires_grad \
             and getattr(head, "bias", None) is None:
         from lorabook.fused import linear_cross_entropy
-        loss = linear_cross_entropy(h, head.weight, target[mask])
+        loss = linear_cross_entropy(h, head.weight, target)
     else:
         logits = head(h)       # CE in fp32 (fp64 stays fp64)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        loss = torch.nn.functional.cross_entropy(logits, target[mask], reduction="sum")
-    n = num_items_in_batch if num_items_in_batch is not None else mask.sum()
+        loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    n = num_items_in_batch if num_items_in_batch is not None else len(target)
     if torch.is_tensor(n):
         n = n.to(loss.device)
     return loss / n
