@@ -9,7 +9,12 @@ STAMP   := $(VENV)/.lorabook-setup
 NAME    ?= Lastname_Firstname
 APT_PKGS := texlive-latex-recommended texlive-latex-extra texlive-xetex \
             texlive-fonts-recommended latexmk tex-gyre fonts-dejavu-core \
-            poppler-utils
+            poppler-utils libtcmalloc-minimal4
+# Training processes run under tcmalloc where it is installed: the same
+# speed as glibc's malloc and ~30% less peak memory (src/lorabook/alloc.py).
+# LORABOOK_ALLOCATOR=system keeps the system's allocator.
+TCMALLOC = $(shell $(BIN)/python -m lorabook.alloc 2>/dev/null)
+WITH_ALLOC = $(if $(TCMALLOC),LD_PRELOAD="$(TCMALLOC)")
 
 .PHONY: setup book html pdf test test-fast bench submission clean
 
@@ -26,11 +31,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/lorabook prepare-model
 	touch $(STAMP)
 
-# Debian packages for the PDF (xelatex via Sphinx); skipped when present.
+# Debian packages for the PDF (xelatex via Sphinx) and tcmalloc; skipped
+# when present.
 .latex-ok:
 	@if ! command -v xelatex >/dev/null || ! command -v latexmk >/dev/null \
 	    || ! kpsewhich tgtermes.sty >/dev/null \
-	    || ! command -v pdftoppm >/dev/null; then \
+	    || ! command -v pdftoppm >/dev/null \
+	    || ! ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq $(APT_PKGS); fi
 	@touch .latex-ok
@@ -38,10 +45,10 @@ $(STAMP): pyproject.toml
 book: setup html pdf
 
 html: setup
-	$(BIN)/jupyter-book build book
+	$(WITH_ALLOC) $(BIN)/jupyter-book build book
 
 pdf: setup
-	$(BIN)/jupyter-book build book --builder pdflatex
+	$(WITH_ALLOC) $(BIN)/jupyter-book build book --builder pdflatex
 	@ls -l book/_build/latex/*.pdf
 
 test: setup
@@ -51,7 +58,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
-	$(BIN)/lorabook bench
+	$(WITH_ALLOC) $(BIN)/lorabook bench
 
 submission: book
 	$(BIN)/lorabook submission --name $(NAME)

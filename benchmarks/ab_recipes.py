@@ -39,7 +39,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {n: [] for n in a.names}
     for rep in range(a.reps):
         for name in a.names:
-            e = B._child(name, spec)
+            e = B._child(name, spec, allocator=B.recipe_allocator(name))
             runs[name].append(e)
             print(f"{rep} {name:18s} {e['tokens_per_s']:7.1f} real tok/s  "
                   f"peak RSS {e['peak_rss_mb']:6.0f} MB  "

@@ -129,3 +129,20 @@ def test_profile_categories():
     assert p["shares"]["int8_matmul"] == pytest.approx(3 / total)
     assert p["shares"]["attention"] == pytest.approx(3 / total)
     assert sum(p["shares"].values()) == pytest.approx(1)
+
+
+def test_each_recipe_runs_under_its_allocator(result):
+    from lorabook.alloc import tcmalloc_path
+    res, _ = result
+    ours = "tcmalloc" if tcmalloc_path() else "system"
+    assert res["reference"]["allocator"] == "system"
+    assert res["lorabook"]["allocator"] == ours
+    variant = res["variants"].get("reference_tcmalloc")
+    if ours == "system":
+        assert variant is None
+    else:
+        # The reference recipe, only the allocator changed.
+        assert variant["allocator"] == "tcmalloc"
+        assert variant["real_tokens"] == res["reference"]["real_tokens"]
+        assert variant["quant_backend"] == "bitsandbytes"
+        assert variant["computed_tokens"] == res["reference"]["computed_tokens"]

@@ -42,9 +42,12 @@ RECIPES = ("reference", "lorabook")
 # without its lean autograd, and a low-memory setting of it: each batch in
 # micro-batches of 2 (gradient accumulation: the same optimizer steps) with
 # every decoder layer recomputed in the backward pass.
+# The last one is the reference recipe under lorabook's memory allocator
+# (tcmalloc, `lorabook.alloc`): how much of the difference is the allocator.
 VARIANTS = {"lorabook_unfused": "lorabook, without lean autograd",
             "lorabook_lowmem": "lorabook, low memory (micro-batches of 2, "
-                               "checkpointing)"}
+                               "checkpointing)",
+            "reference_tcmalloc": "reference, under tcmalloc"}
 REFERENCE_PAD_TO = 256      # the assignment's max_length, every sample
 CATEGORIES = ("lm_head_loss", "attention", "int8_matmul", "lora",
               "optimizer", "other")
@@ -56,7 +59,7 @@ CATEGORY_LABELS = {
     "optimizer": "optimizer (AdamW, clipping, zero_grad)",
     "other": "other (norms, MLP activation, embeddings, casts)",
 }
-BENCH_VERSION = 4           # bump when the measurement itself changes
+BENCH_VERSION = 5           # bump when the measurement itself changes
 
 
 def default_steps(cfg: Config) -> int:
@@ -67,7 +70,7 @@ def default_steps(cfg: Config) -> int:
 
 def recipe_config(cfg: Config, recipe: str) -> Config:
     """The config each recipe trains with (same model, data, LoRA, lr)."""
-    if recipe == "reference":
+    if recipe in ("reference", "reference_tcmalloc"):
         return cfg.replace(quant_backend="bitsandbytes", load_in_8bit=True,
                            gradient_checkpointing=True, padding="max_length",
                            bf16=False, label_only_head=False, fused_ops=False,
@@ -82,6 +85,14 @@ def recipe_config(cfg: Config, recipe: str) -> Config:
         return recipe_config(cfg, "lorabook").replace(
             micro_batch_size=2, gradient_checkpointing=True)
     raise LorabookError(f"unknown recipe {recipe!r}; one of {RECIPES}")
+
+
+def recipe_allocator(recipe: str) -> str:
+    """The C allocator a recipe's process runs under: the system's for the
+    reference (the assignment's recipe runs in a stock process), tcmalloc
+    for lorabook's recipes and the reference_tcmalloc variant (see
+    `lorabook.alloc`)."""
+    return "system" if recipe == "reference" else "tcmalloc"
 
 
 # --------------------------------------------------------------------------
@@ -403,6 +414,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     """
     import warnings
     import torch
+    from lorabook import alloc
     from lorabook import evaluate as E
     from lorabook import model as M
     from lorabook import preprocess as P
@@ -484,6 +496,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     all_real = sum(sum(m) for m in train_ds["attention_mask"])
     return dict(
         recipe=recipe, quant_backend=M.quant_backend(rcfg), bf16=loop.bf16,
+        allocator=alloc.active(),
         gradient_checkpointing=rcfg.gradient_checkpointing,
         padding=rcfg.padding if pad_to is None else f"max_length={pad_to}",
         label_only_head=rcfg.label_only_head, batch_size=rcfg.batch_size,
@@ -513,13 +526,17 @@ def _bench_key(cfg: Config, steps: int, gemm_n: int) -> dict:
                 version=BENCH_VERSION)
 
 
-def _child(kind: str, spec: dict, timeout: float | None = None) -> dict:
-    """Run `python -m lorabook.bench --child` and return its JSON."""
+def _child(kind: str, spec: dict, timeout: float | None = None,
+           allocator: str = "system") -> dict:
+    """Run `python -m lorabook.bench --child` under `allocator` and return
+    its JSON."""
+    from lorabook import alloc
     with tempfile.TemporaryDirectory() as d:
         spec_path, out_path = Path(d) / "spec.json", Path(d) / "out.json"
         spec_path.write_text(json.dumps(dict(spec, kind=kind, out=str(out_path))))
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false",
-                   HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+        env = alloc.child_env(dict(os.environ, TOKENIZERS_PARALLELISM="false",
+                                   HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore"),
+                              allocator)
         src = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
         p = subprocess.run([sys.executable, "-m", "lorabook.bench", "--child",
@@ -617,7 +634,8 @@ def run_bench(cfg: Config, *, steps: int | None = None,
         if verbose:
             print(f"Training the {name} {what} for {steps} steps ...",
                   flush=True)
-        e = _child(name, dict(spec, plan=plan, profile=profile))
+        e = _child(name, dict(spec, plan=plan, profile=profile),
+                   allocator=recipe_allocator(name))
         e["utilisation"] = utilisation(e, peaks)
         if verbose:
             print(f"  {e['tokens_per_s']:.1f} real tok/s, peak RSS "
@@ -659,6 +677,9 @@ def _applies(cfg: Config, recipe: str) -> bool:
         recipe_config(cfg, recipe)
     except LorabookError:
         return False
+    if recipe_allocator(recipe) == "tcmalloc" and recipe.startswith("reference"):
+        from lorabook.alloc import tcmalloc_path
+        return tcmalloc_path() is not None
     return True
 
 
@@ -685,6 +706,7 @@ def table_rows(result: dict) -> list[dict]:
             "val loss": f"{e['val_loss']:.4f}",
             "util. of peak": f"{e['utilisation'][dtype]:.1%} {dtype}",
             "padding": f"{e['padding_share']:.0%}",
+            "allocator": e.get("allocator", "system"),
         })
     return rows
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from lorabook.config import Config, LorabookError
+from lorabook import alloc
 from lorabook import model as M
 from lorabook import preprocess as P
 
@@ -475,6 +476,7 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
         train_tokens_per_s=real_tokens * cfg.epochs / result.metrics["train_runtime"],
         train_steps=steps_done,
         peak_memory_mb=peak_memory_mb(),
+        allocator=alloc.active(),
         device=str(M.device()),
         base_val_loss=base_val_loss,
         final_val_loss=evals[-1] if evals else None,
