@@ -40,3 +40,22 @@ def test_a_child_really_runs_under_the_chosen_allocator():
         out = subprocess.run([sys.executable, "-c", code], env=env,
                              capture_output=True, text=True, check=True)
         assert out.stdout.strip() == name
+
+
+@pytest.mark.skipif(alloc.tcmalloc_path() is None, reason="no tcmalloc here")
+def test_release_free_memory_uses_the_running_allocator():
+    # Under tcmalloc glibc's malloc_trim would release nothing: tcmalloc's
+    # own call must be the one made.
+    code = ("import ctypes\n"
+            "lib = ctypes.CDLL(None)\n"
+            "from lorabook import model\n"
+            "print(model.release_free_memory(),"
+            " hasattr(lib, 'MallocExtension_ReleaseFreeMemory'))")
+    env = alloc.child_env(dict(os.environ), "tcmalloc")
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+    env = alloc.child_env(dict(os.environ), "system")
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "False"      # glibc: malloc_trim
