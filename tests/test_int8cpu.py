@@ -247,3 +247,17 @@ def test_load_quantized_falls_back_on_foreign_checkpoints(tmp_path):
     save_file({"transformer.h.0.weight": torch.zeros(2, 2)},
               str(tmp_path / "model.safetensors"))
     assert load_quantized(tmp_path) is None       # names do not match
+
+
+def test_read_safetensors_reads_in_place_only_when_it_fits(tmp_path):
+    from safetensors.torch import save_file
+    from lorabook.int8cpu import read_safetensors
+    a, b = torch.randn(3, 4), torch.randn(5).to(torch.bfloat16)
+    save_file({"a": a, "b": b}, str(tmp_path / "m.safetensors"))
+    dest_a = torch.zeros(3, 4)
+    wrong_b = torch.zeros(5)                      # fp32: not the file's bf16
+    got = dict(read_safetensors(tmp_path / "m.safetensors",
+                                into={"a": dest_a, "b": wrong_b}))
+    assert got["a"] is dest_a and torch.equal(dest_a, a)
+    assert got["b"] is not wrong_b and torch.equal(got["b"], b)
+    assert torch.equal(wrong_b, torch.zeros(5))   # left untouched

@@ -59,7 +59,7 @@ CATEGORY_LABELS = {
     "optimizer": "optimizer (AdamW, clipping, zero_grad)",
     "other": "other (norms, MLP activation, embeddings, casts)",
 }
-BENCH_VERSION = 6           # bump when the measurement itself changes
+BENCH_VERSION = 7           # bump when the measurement itself changes
 
 
 def default_steps(cfg: Config) -> int:

@@ -350,8 +350,13 @@ _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16
               "BOOL": torch.bool}
 
 
-def read_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+def read_safetensors(path: str | Path, into: dict | None = None
+                     ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) from one .safetensors file, one tensor at a time.
+
+    A tensor of `into` (name -> tensor) with the file's dtype and shape is
+    read straight into that tensor's memory and yielded itself: no second
+    copy of, say, the 113 MB embedding exists while it loads.
 
     Plain reads instead of a memory map: a mapped file stays resident (and
     counts in the process's RSS) for as long as any tensor views it, which
@@ -371,6 +376,14 @@ def read_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
                 raise ValueError(f"{path}: unsupported dtype {info['dtype']} "
                                  f"of {name}")
             f.seek(8 + n + start)
+            dest = (into or {}).get(name)
+            if dest is not None and dest.dtype == dtype and \
+                    list(dest.shape) == list(info["shape"]) and \
+                    dest.device.type == "cpu" and dest.is_contiguous() and \
+                    dest.numel() * dest.element_size() == end - start > 0:
+                f.readinto(memoryview(dest.detach().view(-1).view(torch.uint8).numpy()))
+                yield name, dest
+                continue
             buf = bytearray(end - start)
             f.readinto(buf)
             t = (torch.frombuffer(buf, dtype=dtype) if buf
@@ -406,9 +419,13 @@ def load_quantized(path: str | Path, skip: Iterable[str] = ("lm_head",),
     own = dict(model.named_parameters(remove_duplicate=False))
     own.update(model.named_buffers(remove_duplicate=False))
     modules = dict(model.named_modules())
+    # Everything but the weights being quantized is read in place.
+    direct = {n: t for n, t in own.items()
+              if not (isinstance(modules.get(n.rpartition(".")[0]), Int8Linear)
+                      and n.endswith(".weight"))}
     seen = set()
     for f in files:
-        for name, t in read_safetensors(f):
+        for name, t in read_safetensors(f, into=direct):
             if name not in own:
                 return None          # renamed keys (old checkpoints): fall back
             mod_name, _, leaf = name.rpartition(".")
@@ -416,7 +433,7 @@ def load_quantized(path: str | Path, skip: Iterable[str] = ("lm_head",),
             with torch.no_grad():
                 if isinstance(mod, Int8Linear) and leaf == "weight":
                     mod.set_weight(t)
-                else:
+                elif t is not own[name]:
                     own[name].copy_(t)
             seen.add(name)
     model.tie_weights()
