@@ -45,8 +45,7 @@ RECIPES = ("reference", "lorabook")
 # The last one is the reference recipe under lorabook's memory allocator
 # (tcmalloc, `lorabook.alloc`): how much of the difference is the allocator.
 VARIANTS = {"lorabook_unfused": "lorabook, without lean autograd",
-            "lorabook_lowmem": "lorabook, low memory (micro-batches of 2, "
-                               "checkpointing)",
+            "lorabook_lowmem": "lorabook, low memory",
             "reference_tcmalloc": "reference, under tcmalloc"}
 REFERENCE_PAD_TO = 256      # the assignment's max_length, every sample
 CATEGORIES = ("lm_head_loss", "attention", "int8_matmul", "lora",
