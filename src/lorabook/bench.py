@@ -676,7 +676,7 @@ def _applies(cfg: Config, recipe: str) -> bool:
         recipe_config(cfg, recipe)
     except LorabookError:
         return False
-    if recipe_allocator(recipe) == "tcmalloc" and recipe.startswith("reference"):
+    if recipe == "reference_tcmalloc":      # an allocator comparison
         from lorabook.alloc import tcmalloc_path
         return tcmalloc_path() is not None
     return True
