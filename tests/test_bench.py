@@ -34,6 +34,13 @@ def test_writes_results_with_both_recipes(result):
         assert e["utilisation"]["fp32"] > 0
     assert on_disk["speedup"] > 0 and on_disk["memory_ratio"] > 0
     assert on_disk["machine"]["cpu"] and on_disk["machine"]["torch_threads"] >= 1
+    # The widening fp32 products, timed through both kernels, with the
+    # tiny model's own sizes.
+    k = on_disk["kernels"]
+    assert k["mlp_shape"][1:] == [64, 128] and k["lm_head_shape"][2] == 49152
+    for name in ("mlp", "lm_head"):
+        for kernel in ("sgemm", "lorabook"):
+            assert k[f"{name}_{kernel}"] > 0 and math.isfinite(k[f"{name}_{kernel}"])
     md = (out / "results.md").read_text()
     assert "| reference" in md and "| lorabook" in md and "speedup" in md
 

@@ -261,3 +261,44 @@ def test_read_safetensors_reads_in_place_only_when_it_fits(tmp_path):
     assert got["a"] is dest_a and torch.equal(dest_a, a)
     assert got["b"] is not wrong_b and torch.equal(got["b"], b)
     assert torch.equal(wrong_b, torch.zeros(5))   # left untouched
+
+
+@pytest.mark.parametrize("in_f,out_f", [(96, 320), (320, 96)])
+@pytest.mark.parametrize("onednn", [True, False])
+def test_fp32_products_agree_on_both_paths(monkeypatch, in_f, out_f, onednn):
+    """Widening products (and the input gradient of narrowing ones) may go
+    through oneDNN instead of sgemm: the values must not change beyond
+    fp32 rounding, forward and backward."""
+    from lorabook import int8cpu
+    monkeypatch.setattr(int8cpu, "ONEDNN_WIDENING", onednn)
+    lin = _linear(in_f, out_f)
+    q = Int8Linear.from_linear(lin, compute_dtype=torch.float32)
+    x = torch.randn(4, 33, in_f, requires_grad=True)
+    y = q(x)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    x2 = x.detach().clone().requires_grad_(True)
+    y2 = nn.functional.linear(x2, q.dequantize(), lin.bias)
+    (gx2,) = torch.autograd.grad(y2, x2, g)
+    torch.testing.assert_close(y, y2)
+    torch.testing.assert_close(gx, gx2)
+
+
+def test_linear_takes_onednn_only_for_widening_products_without_grad():
+    from torch.profiler import profile
+
+    from lorabook import int8cpu
+    if not (int8cpu.ONEDNN_WIDENING and int8cpu._onednn_linear_available()):
+        pytest.skip("oneDNN linear not available or turned off")
+    x = torch.randn(40, 64)
+    wide, narrow = torch.randn(200, 64), torch.randn(16, 64)
+    with profile() as p:
+        y_wide = int8cpu.linear(x, wide)
+        int8cpu.linear(x, narrow)
+    calls = [e.name for e in p.events() if e.name == "mkldnn::_linear_pointwise"]
+    assert len(calls) == 1
+    torch.testing.assert_close(y_wide, x @ wide.t())
+    # With a graph to record, it is F.linear (oneDNN's op has no autograd).
+    xg = x.clone().requires_grad_(True)
+    int8cpu.linear(xg, wide).sum().backward()
+    torch.testing.assert_close(xg.grad, wide.sum(0).expand_as(x))

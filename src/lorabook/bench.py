@@ -58,7 +58,7 @@ CATEGORY_LABELS = {
     "optimizer": "optimizer (AdamW, clipping, zero_grad)",
     "other": "other (norms, MLP activation, embeddings, casts)",
 }
-BENCH_VERSION = 7           # bump when the measurement itself changes
+BENCH_VERSION = 8           # bump when the measurement itself changes
 
 
 def default_steps(cfg: Config) -> int:
@@ -141,6 +141,47 @@ def gemm_peaks(n: int = 1536, threads: int | None = None,
         return out
     finally:
         torch.set_num_threads(old)
+
+
+def linear_kernels(hidden: int, inter: int, vocab: int, rows: int = 1024,
+                   head_rows: int = 128, seconds: float = 0.4) -> dict:
+    """GFLOP/s of the model's widening fp32 products, through MKL's sgemm
+    (`F.linear`) and through `int8cpu.linear` (oneDNN where it pays):
+    SwiGLU's gate/up projection (and the down projection's input gradient,
+    the same shape) on `rows` positions, and the LM head on one chunk of
+    `head_rows` labelled positions. Best of repeated runs."""
+    import torch
+    import torch.nn.functional as F
+    from lorabook.int8cpu import linear
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for name, (m, n) in (("mlp", (rows, inter)), ("lm_head", (head_rows, vocab))):
+        x = torch.randn(m, hidden, generator=g)
+        w = torch.randn(n, hidden, generator=g)
+        for kernel, fn in (("sgemm", F.linear), ("lorabook", linear)):
+            fn(x, w)
+            best, t_end, reps = math.inf, time.perf_counter() + seconds, 0
+            while reps < 3 or time.perf_counter() < t_end:
+                t = time.perf_counter()
+                fn(x, w)
+                best = min(best, time.perf_counter() - t)
+                reps += 1
+            out[f"{name}_{kernel}"] = 2 * m * n * hidden / best / 1e9
+        out[f"{name}_shape"] = [m, hidden, n]
+    return out
+
+
+def model_shapes(cfg: Config) -> dict | None:
+    """hidden, intermediate and vocabulary sizes of cfg's model (for
+    `linear_kernels`), or None for a model without them."""
+    from transformers import AutoConfig
+    from lorabook import model as M
+    c = AutoConfig.from_pretrained(M.resolve_model_path(cfg.model_name))
+    sizes = [getattr(c, k, None) for k in ("hidden_size", "intermediate_size",
+                                           "vocab_size")]
+    if not all(sizes):
+        return None
+    return dict(zip(("hidden", "inter", "vocab"), sizes))
 
 
 def machine_info() -> dict:
@@ -554,6 +595,8 @@ def _child_main(spec_path: str) -> None:
     if spec["kind"] == "gemm":
         out = dict(threads={str(t): gemm_peaks(spec["gemm_n"], threads=t)
                             for t in spec["threads"]})
+        if spec.get("shapes"):
+            out["kernels"] = linear_kernels(**spec["shapes"])
     else:
         out = run_recipe(cfg, spec["kind"], spec["plan"],
                          profile=spec.get("profile", True))
@@ -626,7 +669,8 @@ def run_bench(cfg: Config, *, steps: int | None = None,
     if verbose:
         print(f"GEMM peaks ({gemm_n}x{gemm_n}) ...", flush=True)
     threads = sorted({1, _threads()})
-    gemm = _child("gemm", dict(spec, gemm_n=gemm_n, threads=threads))
+    gemm = _child("gemm", dict(spec, gemm_n=gemm_n, threads=threads,
+                               shapes=model_shapes(cfg)))
     peaks = gemm["threads"][str(_threads())]
 
     def train(name: str, what: str, profile: bool) -> dict:
@@ -656,6 +700,7 @@ def run_bench(cfg: Config, *, steps: int | None = None,
         val_loss_diff=lb["val_loss"] - ref["val_loss"],
         target_speedup=5.0, target_memory_ratio=1 / 3,
         peaks=peaks, peaks_by_threads=gemm["threads"], gemm_n=gemm_n,
+        kernels=gemm.get("kernels"),
         flop_model="4 * N FLOP per real token, N = base parameters "
                    "(tied embedding / LM head counted once)",
         machine=dict(machine_info(), load_before=load_before,

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorabook.int8cpu import linear
+
 __all__ = ["linear_cross_entropy", "rms_norm", "silu_mul", "MaskDropout",
            "ATTENTION", "apply"]
 
@@ -53,7 +55,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h = hidden[s:s + chunk].to(compute_dtype)
             t = target[s:s + chunk]
             # As the unfused path: logits in the compute dtype, loss in fp32.
-            logits = F.linear(h, w).to(acc)
+            logits = linear(h, w).to(acc)
             # One softmax pass serves loss and gradient. log-sum-exp comes
             # from the most likely token j: lse = logit_j - log p_j, with
             # p_j >= 1/V, so the log is well conditioned. (exp of a
