@@ -41,6 +41,11 @@ def test_writes_results_with_both_recipes(result):
     for name in ("mlp", "lm_head"):
         for kernel in ("sgemm", "lorabook"):
             assert k[f"{name}_{kernel}"] > 0 and math.isfinite(k[f"{name}_{kernel}"])
+    # lorabook's steps, alternating the oneDNN path on and off.
+    ab = on_disk["lorabook"]["kernel_ab"]
+    assert ab["steps"] == 2 * (STEPS - 1)
+    assert ab["onednn"] > 0 and ab["sgemm"] > 0
+    assert on_disk["reference"]["kernel_ab"] is None
     md = (out / "results.md").read_text()
     assert "| reference" in md and "| lorabook" in md and "speedup" in md
 

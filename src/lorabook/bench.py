@@ -58,7 +58,7 @@ CATEGORY_LABELS = {
     "optimizer": "optimizer (AdamW, clipping, zero_grad)",
     "other": "other (norms, MLP activation, embeddings, casts)",
 }
-BENCH_VERSION = 8           # bump when the measurement itself changes
+BENCH_VERSION = 9           # bump when the measurement itself changes
 
 
 def default_steps(cfg: Config) -> int:
@@ -518,6 +518,11 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     sums, counts = E.response_nll(model, val_ds, val_collate, batch_size=8)
     val_loss = float(sums.sum() / counts.sum())
 
+    kernel_ab = None
+    if profile and M.quant_backend(rcfg) == "int8cpu" and not loop.bf16 \
+            and recipe == "lorabook":
+        kernel_ab = _kernel_ab(loop, batches)
+
     prof = None
     if profile:
         from torch.profiler import ProfilerActivity
@@ -552,9 +557,35 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
         load_s=load_s, val_loss=val_loss, val_tokens=int(counts.sum()),
         n_val=len(val_ds), base_params=n_base, trainable_params=n_trainable,
         vocab=vocab, threads=torch.get_num_threads(), profile=prof,
-        memory=memory, saved_tensors_mb=saved_mb,
+        memory=memory, saved_tensors_mb=saved_mb, kernel_ab=kernel_ab,
         max_micro_batch_tokens=max(int(b["input_ids"].numel())
                                    for m in batches for b in m))
+
+
+def _kernel_ab(loop, batches: list) -> dict:
+    """Real tokens/s of the loop's steps with `int8cpu.linear`'s oneDNN path
+    on and off, alternating step by step on the same batches (in the order
+    on/off, off/on, ...) so that the machine's drift hits both alike.
+
+    The steps are applied (the optimizer moves): call it only after
+    everything that must see the trained weights.
+    """
+    from lorabook import int8cpu
+    keep = int8cpu.ONEDNN_WIDENING
+    seconds = {True: 0.0, False: 0.0}
+    real = 0
+    try:
+        for i, micro in enumerate(batches[1:] or batches):
+            real += sum(int(b["attention_mask"].sum()) for b in micro)
+            for flag in ((True, False) if i % 2 == 0 else (False, True)):
+                int8cpu.ONEDNN_WIDENING = flag
+                t = time.perf_counter()
+                loop.step(micro, advance=False)
+                seconds[flag] += time.perf_counter() - t
+    finally:
+        int8cpu.ONEDNN_WIDENING = keep
+    return dict(onednn=real / seconds[True], sgemm=real / seconds[False],
+                steps=2 * len(batches[1:] or batches))
 
 
 # --------------------------------------------------------------------------

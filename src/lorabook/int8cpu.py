@@ -117,12 +117,14 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
 
     PyTorch sends an fp32 ``F.linear`` to MKL's sgemm. For a weight with
     more outputs than inputs (SwiGLU's gate and up projections, the LM head,
-    the input gradient of the down projection), sgemm reached only 50-100
-    GFLOP/s on this 2-core AVX2 CPU, against 105-135 for oneDNN's matmul
-    primitive (the one ``torch.compile`` uses for CPU linears) on the same
-    operands (measured with 768-1,024 rows; the LM head's 128-row chunks:
-    50 against 106). Other shapes stay with sgemm, which is as fast there.
-    Same product, rounding differs at the 1e-6 level (a test checks it).
+    the input gradient of the down projection), oneDNN's matmul primitive
+    (the one ``torch.compile`` uses for CPU linears) was faster on a 2-core
+    AVX2 CPU: in a training step's profile, 98 against 128 GFLOP/s for the
+    gate/up products; for the LM head's 128-row chunks about 50 against 105.
+    Whole steps, alternated on and off in one process, ran about 6% faster
+    (`bench._kernel_ab` measures it in every benchmark). Other shapes stay
+    with sgemm, which was as fast there. Same product; rounding differs at
+    the 1e-6 level (a test checks it).
     """
     if (ONEDNN_WIDENING and x.device.type == "cpu" and x.dtype == torch.float32
             and w.dtype == torch.float32 and w.dim() == 2
@@ -171,7 +173,8 @@ class _DequantLinear(torch.autograd.Function):
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
             g = grad_out.to(ctx.compute_dtype)
-            if scale is not None and a.shape[1] > a.shape[0]:
+            if scale is not None and a.shape[1] > a.shape[0] and \
+                    ctx.compute_dtype == torch.float32 and ONEDNN_WIDENING:
                 # grad_x = g @ W widens (e.g. the down projection): W^T as a
                 # contiguous weight takes `linear`'s faster path.
                 # (Converting the transposed view in one go: half the time
