@@ -121,26 +121,33 @@ def gemm_peaks(n: int = 1536, threads: int | None = None,
                 a = torch.randn(n, n, generator=g).to(dtype)
                 b = torch.randn(n, n, generator=g).to(dtype)
                 mm = torch.mm
-            # The first product warms up kernels and threads. A product
-            # slower than `seconds` (bf16 or int8 emulated on a CPU without
-            # the units: about 1 GFLOP/s, 7 s at n = 1536) is measured once,
-            # since one-off costs are then negligible; a fast one is repeated
-            # for `seconds` and the best taken.
-            t = time.perf_counter()
-            mm(a, b)
-            best = time.perf_counter() - t
-            if best < seconds:
-                best, t_end = math.inf, time.perf_counter() + seconds
-                reps = 0
-                while reps < 3 or time.perf_counter() < t_end:
-                    t = time.perf_counter()
-                    mm(a, b)
-                    best = min(best, time.perf_counter() - t)
-                    reps += 1
-            out[name] = 2 * n ** 3 / best / 1e9
+            out[name] = 2 * n ** 3 / _best_seconds(lambda: mm(a, b), seconds) / 1e9
         return out
     finally:
         torch.set_num_threads(old)
+
+
+def _best_seconds(fn, seconds: float) -> float:
+    """Seconds of one call of `fn`, best of repeats (other load only ever
+    slows a call down).
+
+    The first call warms up kernels and threads. A call slower than
+    `seconds` (bf16 or int8 emulated on a CPU without the units: about
+    1 GFLOP/s, 7 s at n = 1536) is measured once, since one-off costs are
+    then negligible; a fast one is repeated for `seconds` (at least three
+    times) and the best taken.
+    """
+    t = time.perf_counter()
+    fn()
+    best = time.perf_counter() - t
+    if best < seconds:
+        best, t_end, reps = math.inf, time.perf_counter() + seconds, 0
+        while reps < 3 or time.perf_counter() < t_end:
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+            reps += 1
+    return best
 
 
 def linear_kernels(hidden: int, inter: int, vocab: int, rows: int = 1024,
@@ -159,13 +166,7 @@ def linear_kernels(hidden: int, inter: int, vocab: int, rows: int = 1024,
         x = torch.randn(m, hidden, generator=g)
         w = torch.randn(n, hidden, generator=g)
         for kernel, fn in (("sgemm", F.linear), ("lorabook", linear)):
-            fn(x, w)
-            best, t_end, reps = math.inf, time.perf_counter() + seconds, 0
-            while reps < 3 or time.perf_counter() < t_end:
-                t = time.perf_counter()
-                fn(x, w)
-                best = min(best, time.perf_counter() - t)
-                reps += 1
+            best = _best_seconds(lambda: fn(x, w), seconds)
             out[f"{name}_{kernel}"] = 2 * m * n * hidden / best / 1e9
         out[f"{name}_shape"] = [m, hidden, n]
     return out
@@ -574,8 +575,9 @@ def _kernel_ab(loop, batches: list) -> dict:
     keep = int8cpu.ONEDNN_WIDENING
     seconds = {True: 0.0, False: 0.0}
     real = 0
+    timed = batches[1:] or batches
     try:
-        for i, micro in enumerate(batches[1:] or batches):
+        for i, micro in enumerate(timed):
             real += sum(int(b["attention_mask"].sum()) for b in micro)
             for flag in ((True, False) if i % 2 == 0 else (False, True)):
                 int8cpu.ONEDNN_WIDENING = flag
@@ -585,7 +587,7 @@ def _kernel_ab(loop, batches: list) -> dict:
     finally:
         int8cpu.ONEDNN_WIDENING = keep
     return dict(onednn=real / seconds[True], sgemm=real / seconds[False],
-                steps=2 * len(batches[1:] or batches))
+                steps=2 * len(timed))
 
 
 # --------------------------------------------------------------------------

@@ -111,6 +111,11 @@ def _onednn_linear_available() -> bool:
 ONEDNN_WIDENING = os.environ.get("LORABOOK_ONEDNN", "1") != "0"
 
 
+def _onednn_takes(dtype: torch.dtype) -> bool:
+    """Whether `linear` sends widening products of `dtype` to oneDNN."""
+    return ONEDNN_WIDENING and dtype == torch.float32 and _onednn_linear_available()
+
+
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
            ) -> torch.Tensor:
     """``F.linear(x, w, bias)``, faster for widening fp32 products on the CPU.
@@ -126,12 +131,10 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
     with sgemm, which was as fast there. Same product; rounding differs at
     the 1e-6 level (a test checks it).
     """
-    if (ONEDNN_WIDENING and x.device.type == "cpu" and x.dtype == torch.float32
-            and w.dtype == torch.float32 and w.dim() == 2
-            and w.shape[0] > w.shape[1] and x.dim() >= 2
-            and (bias is None or bias.dtype == torch.float32)
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
-            and _onednn_linear_available()):
+    if (x.device.type == "cpu" and x.dtype == w.dtype and _onednn_takes(w.dtype)
+            and w.dim() == 2 and w.shape[0] > w.shape[1] and x.dim() >= 2
+            and (bias is None or bias.dtype == w.dtype)
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
         shape = x.shape
         y = torch.ops.mkldnn._linear_pointwise(
             x.reshape(-1, shape[-1]).contiguous(), w.contiguous(), bias,
@@ -174,7 +177,7 @@ class _DequantLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g = grad_out.to(ctx.compute_dtype)
             if scale is not None and a.shape[1] > a.shape[0] and \
-                    ctx.compute_dtype == torch.float32 and ONEDNN_WIDENING:
+                    _onednn_takes(ctx.compute_dtype):
                 # grad_x = g @ W widens (e.g. the down projection): W^T as a
                 # contiguous weight takes `linear`'s faster path.
                 # (Converting the transposed view in one go: half the time
@@ -335,9 +338,13 @@ def quantize_model_8bit(model: nn.Module, skip: Iterable[str] = ("lm_head",),
     layer_kwargs go to Int8Linear (compute_dtype, mode, save_dequantized).
     """
     skip = tuple(skip)
+
+    def skipped(name: str) -> bool:
+        return any(part in skip for part in name.split("."))
+
     targets = [(name, mod) for name, mod in model.named_modules()
                if isinstance(mod, nn.Linear) and not isinstance(mod, Int8Linear)
-               and not any(part in skip for part in name.split("."))]
+               and not skipped(name)]
     for name, mod in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -353,7 +360,7 @@ def quantize_model_8bit(model: nn.Module, skip: Iterable[str] = ("lm_head",),
     # `linear`'s faster path for widening products (generation's LM head
     # on 68 rows: 91 -> 44 ms per token here).
     for name, mod in model.named_modules():
-        if type(mod) is nn.Linear and any(part in skip for part in name.split(".")):
+        if type(mod) is nn.Linear and skipped(name):
             mod.forward = types.MethodType(_plain_linear_forward, mod)
     # Marker for our own code; deliberately NOT `is_loaded_in_8bit`, which
     # would make transformers/peft treat the model as a bitsandbytes model.
