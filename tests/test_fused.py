@@ -151,14 +151,96 @@ def test_apply_keeps_a_lora_models_loss_and_gradients():
         torch.testing.assert_close(g1[k], g0[k])
 
 
+@pytest.mark.parametrize("dtype,bf16", [(torch.float64, False), (torch.float32, False),
+                                        (torch.float32, True)])
+def test_dropout_linear_is_mask_dropout_then_linear(dtype, bf16):
+    """Same seed, same masks: the same output and gradients as MaskDropout
+    followed by the linear layer (bit for bit without autocast), keeping the
+    input itself and a bool mask instead of the dropped-out copy."""
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 4, bias=False).to(dtype)
+    x = torch.randn(3, 5, 16, dtype=dtype, requires_grad=True)
+    gy = torch.randn(3, 5, 4, dtype=dtype)
+    dl = fused.DropoutLinear(lin, 0.3)
+    assert dl.weight is lin.weight and "dropout=0.3" in repr(dl)
+
+    def run(module):
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = module(x)
+        return y, torch.autograd.grad(y, (x, lin.weight), gy.to(y.dtype))
+
+    y0, g0 = run(nn.Sequential(fused.MaskDropout(0.3), lin))
+    y1, g1 = run(dl)
+    assert y1.dtype == y0.dtype
+    if bf16:
+        torch.testing.assert_close(y1, y0)
+        for a, b in zip(g1, g0):
+            torch.testing.assert_close(a, b)
+    else:
+        assert torch.equal(y1, y0)
+        assert all(torch.equal(a, b) for a, b in zip(g1, g0))
+    torch.manual_seed(1)
+    saved = dl(x).grad_fn.saved_tensors
+    assert saved[0].data_ptr() == x.data_ptr() and saved[1].dtype == torch.bool
+    dl.eval()
+    torch.testing.assert_close(dl(x), lin(x))
+    with pytest.raises(ValueError):
+        fused.DropoutLinear(lin, 1.0)
+    with pytest.raises(ValueError):
+        fused.DropoutLinear(nn.Linear(2, 2), 0.1)
+
+
+def test_lora_adapters_share_their_saved_input():
+    """With dropout, q's and v's adapters keep the layer's normalised input
+    once instead of one dropped-out copy each; the step is unchanged."""
+    from lorabook.bench import saved_tensor_mb
+    from peft import LoraConfig, get_peft_model
+    base = _tiny_llama()
+    base.requires_grad_(False)
+    model = get_peft_model(base, LoraConfig(r=4, lora_dropout=0.2, init_lora_weights=False,
+                                            target_modules=["q_proj", "v_proj"]))
+    fused.apply(model)
+    lora = [m for m in model.modules() if isinstance(getattr(m, "lora_A", None), nn.ModuleDict)]
+    assert len(lora) == 4
+    ids = torch.randint(0, 97, (3, 11), generator=torch.Generator().manual_seed(2))
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(3)
+        loss = model(input_ids=ids, labels=ids).loss
+        torch.manual_seed(3)
+        mb = saved_tensor_mb(model, lambda: model(input_ids=ids, labels=ids).loss)
+        loss.backward()
+        return loss.detach(), [p.grad for p in model.parameters() if p.requires_grad], mb
+
+    loss1, g1, mb1 = step()
+    for m in lora:       # back to dropout + plain lora_A, as peft builds them
+        a = m.lora_A["default"]
+        plain = nn.Linear(a.in_features, a.out_features, bias=False)
+        plain.weight = a.weight
+        m.lora_A["default"], m.lora_dropout["default"] = plain, fused.MaskDropout(a.p)
+    loss0, g0, mb0 = step()
+    assert torch.equal(loss1, loss0)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g0))
+    # One fp64 copy of a (3, 11, 32) input less per layer. The first layer's
+    # input needs no gradient, so its dropouts kept no mask before; now its
+    # two bool masks are kept (one byte per element each).
+    n = 3 * 11 * 32
+    assert mb0 - mb1 == pytest.approx((2 * n * 8 - 2 * n) / 2**20)
+
+
 def test_apply_swaps_lora_dropout_and_leaves_other_modules_alone():
     from peft import LoraConfig, get_peft_model
     model = get_peft_model(_tiny_llama(), LoraConfig(r=2, lora_dropout=0.1,
                                                      target_modules=["q_proj"]))
+    keys = set(model.state_dict())
     counts = fused.apply(model)
     assert counts["lora_dropout"] == 2
-    drops = [m for m in model.modules() if isinstance(m, fused.MaskDropout)]
-    assert len(drops) == 2 and all(d.p == 0.1 for d in drops)
+    assert set(model.state_dict()) == keys
+    fusedA = [m for m in model.modules() if isinstance(m, fused.DropoutLinear)]
+    assert len(fusedA) == 2 and all(d.p == 0.1 for d in fusedA)
+    assert not any(type(m) is nn.Dropout for m in model.modules())
     other = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
     assert fused.apply(other) == {"rms_norm": 0, "mlp": 0, "lora_dropout": 0,
                                   "attention": 0}
