@@ -33,6 +33,9 @@ def test_writes_results_with_both_recipes(result):
             assert e[k] > 0 and math.isfinite(e[k])
         assert e["utilisation"]["fp32"] > 0
     assert on_disk["speedup"] > 0 and on_disk["memory_ratio"] > 0
+    # The fp32 peak is the better of a measurement before and after the recipes.
+    runs = on_disk["fp32_peak_runs"]
+    assert len(runs) == 2 and on_disk["peaks"]["fp32"] == max(runs) > 0
     assert on_disk["machine"]["cpu"] and on_disk["machine"]["torch_threads"] >= 1
     # The widening fp32 products, timed through both kernels, with the
     # tiny model's own sizes.
@@ -96,6 +99,7 @@ def test_gemm_peaks_are_positive():
     peaks = B.gemm_peaks(128, threads=1, seconds=0.05)
     assert set(peaks) == {"fp32", "bf16", "int8"}
     assert all(v > 0 and math.isfinite(v) for v in peaks.values())
+    assert set(B.gemm_peaks(64, threads=1, seconds=0.01, dtypes=("fp32",))) == {"fp32"}
 
 
 def test_batch_plan_is_deterministic_and_spread(tiny_cfg):
