@@ -41,9 +41,9 @@ RECIPES = ("reference", "lorabook")
 # Measured beside the two, not part of the comparison: lorabook's recipe
 # without its lean autograd, and a low-memory setting of it: each batch in
 # micro-batches of one sample (gradient accumulation: the same optimizer
-# steps and gradients; no padding either). Measured on the 2-core build
-# machine (2026-12-02), micro-batches of 2 with gradient checkpointing
-# peaked about 50 MB lower at four fifths of this setting's speed.
+# steps and gradients; no padding either). On the 2-core build machine
+# (benchmarks of 2026-12-02) micro-batches of 2 with gradient checkpointing,
+# the setting before, peaked 40-60 MB lower at 60-70% of this one's speed.
 # The last one is the reference recipe under lorabook's memory allocator
 # (tcmalloc, `lorabook.alloc`): how much of the difference is the allocator.
 VARIANTS = {"lorabook_unfused": "lorabook, without lean autograd",
