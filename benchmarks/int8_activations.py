@@ -11,9 +11,11 @@ largest micro-batch), the same row-wise int8 weights multiplied four ways:
 * ``fbgemm_row``: the same, each row first divided by its absmax and the
   output multiplied back, which makes the activation scale per row.
 
-and prints each one's GFLOP/s (best of 20) and its error against the exact
-product in fp64. Activation noise has to pass through 30 layers and the
-backward pass, so it is judged by the error, not only the speed.
+and prints each one's GFLOP/s (best of repeats over half a second, timed
+as the benchmark times its products, `bench._best_seconds`) and its error
+against the exact product in fp64. Activation noise has to pass through 30
+layers and the backward pass, so it is judged by the error, not only the
+speed.
 
     .venv/bin/python benchmarks/int8_activations.py
 
@@ -24,23 +26,18 @@ with a relative error of 2.1-2.2% (1.5-1.6% per row) against 4e-7 for fp32. lora
 """
 from __future__ import annotations
 
-import time
+import sys
 import warnings
+from pathlib import Path
 
 import torch
 
-
-def best(fn, n: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
 
 
 def main() -> None:
+    from lorabook.bench import _best_seconds
     warnings.filterwarnings("ignore")   # quantized tensors are deprecated
     torch.manual_seed(0)
     rows = 1024
@@ -67,7 +64,7 @@ def main() -> None:
         }
         exact = x.double() @ wd.double().t()
         for name, fn in ways.items():
-            seconds = best(fn)
+            seconds = _best_seconds(fn, 0.5)
             err = ((fn().double() - exact).norm() / exact.norm()).item()
             print(f"{rows}x{k} @ {k}x{n}  {name:10s} {2 * rows * k * n / seconds / 1e9:6.0f} "
                   f"GFLOP/s  relative error {err:.1e}")

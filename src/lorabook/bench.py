@@ -60,6 +60,7 @@ CATEGORY_LABELS = {
     "optimizer": "optimizer (AdamW, clipping, zero_grad)",
     "other": "other (norms, MLP activation, embeddings, casts)",
 }
+GEMM_DTYPES = ("fp32", "bf16", "int8")
 BENCH_VERSION = 11          # bump when the measurement itself changes
 
 
@@ -100,7 +101,7 @@ def recipe_allocator(recipe: str) -> str:
 
 def gemm_peaks(n: int = 1536, threads: int | None = None,
                seconds: float = 0.6,
-               dtypes: tuple = ("fp32", "bf16", "int8")) -> dict:
+               dtypes: tuple = GEMM_DTYPES) -> dict:
     """Measured GEMM throughput (GFLOP/s; GOP/s for int8) of square n x n
     matmuls: fp32 and bf16 `torch.mm`, int8 `torch._int_mm` (those named in
     `dtypes`). Best of a few repetitions (other load only ever slows a run
@@ -631,7 +632,7 @@ def _child_main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     cfg = _config_from_dict(spec["config"])
     if spec["kind"] == "gemm":
-        dtypes = tuple(spec.get("dtypes", ("fp32", "bf16", "int8")))
+        dtypes = tuple(spec.get("dtypes", GEMM_DTYPES))
         out = dict(threads={str(t): gemm_peaks(spec["gemm_n"], threads=t, dtypes=dtypes)
                             for t in spec["threads"]})
         if spec.get("shapes"):
@@ -731,8 +732,8 @@ def run_bench(cfg: Config, *, steps: int | None = None,
     # two is the machine's.
     after = _child("gemm", dict(spec, gemm_n=gemm_n, threads=[_threads()],
                                 dtypes=["fp32"]))["threads"][str(_threads())]
-    peaks = dict(gemm["threads"][str(_threads())])
-    peaks["fp32"] = max(peaks["fp32"], after["fp32"])
+    before = gemm["threads"][str(_threads())]
+    peaks = dict(before, fp32=max(before["fp32"], after["fp32"]))
     for e in [*entries.values(), *variants.values()]:
         e["utilisation"] = utilisation(e, peaks)
     ref, lb = entries["reference"], entries["lorabook"]
@@ -746,7 +747,7 @@ def run_bench(cfg: Config, *, steps: int | None = None,
         val_loss_diff=lb["val_loss"] - ref["val_loss"],
         target_speedup=5.0, target_memory_ratio=1 / 3,
         peaks=peaks, peaks_by_threads=gemm["threads"], gemm_n=gemm_n,
-        fp32_peak_runs=[gemm["threads"][str(_threads())]["fp32"], after["fp32"]],
+        fp32_peak_runs=[before["fp32"], after["fp32"]],
         kernels=gemm.get("kernels"),
         flop_model="4 * N FLOP per real token, N = base parameters "
                    "(tied embedding / LM head counted once)",

@@ -180,6 +180,17 @@ def keep_mask(shape, p: float, device=None) -> torch.Tensor:
     return keep.reshape(-1)[:n].view(shape)
 
 
+def _check_p(p: float) -> float:
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    return p
+
+
+def _masked(t: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Dropout's product, forward and backward alike: t * mask * scale."""
+    return t.mul(mask).mul_(scale)
+
+
 class _MaskDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p):
@@ -187,12 +198,12 @@ class _MaskDropout(torch.autograd.Function):
         scale = 1.0 / (1.0 - p)
         ctx.save_for_backward(mask)
         ctx.scale = scale
-        return x.mul(mask).mul_(scale)
+        return _masked(x, mask, scale)
 
     @staticmethod
     def backward(ctx, gy):
         (mask,) = ctx.saved_tensors
-        return gy.mul(mask).mul_(ctx.scale), None
+        return _masked(gy, mask, ctx.scale), None
 
 
 class _DropoutLinear(torch.autograd.Function):
@@ -216,7 +227,7 @@ class _DropoutLinear(torch.autograd.Function):
         ctx.dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         ctx.save_for_backward(x, mask, weight)
         ctx.scale = scale
-        return F.linear(x.mul(mask).mul_(scale), weight)
+        return F.linear(_masked(x, mask, scale), weight)
 
     @staticmethod
     def backward(ctx, gy):
@@ -225,9 +236,9 @@ class _DropoutLinear(torch.autograd.Function):
         g2 = gy.reshape(-1, gy.shape[-1])
         gx = gw = None
         if ctx.needs_input_grad[0]:
-            gx = g2.mm(weight.to(dt)).to(x.dtype).view(x.shape).mul_(mask).mul_(ctx.scale)
+            gx = _masked(g2.mm(weight.to(dt)).to(x.dtype).view(x.shape), mask, ctx.scale)
         if ctx.needs_input_grad[1]:
-            xd = x.mul(mask).mul_(ctx.scale).to(dt).reshape(-1, x.shape[-1])
+            xd = _masked(x, mask, ctx.scale).to(dt).reshape(-1, x.shape[-1])
             gw = g2.t().mm(xd).to(weight.dtype)
         return gx, gw, None
 
@@ -240,13 +251,11 @@ class DropoutLinear(nn.Linear):
     def __init__(self, linear: nn.Linear, p: float):
         if linear.bias is not None:
             raise ValueError("DropoutLinear takes a linear layer without bias")
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         nn.Module.__init__(self)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.register_parameter("bias", None)
-        self.p = p
+        self.p = _check_p(p)
         self.train(linear.training)
 
     def forward(self, x):
@@ -263,9 +272,7 @@ class MaskDropout(nn.Module):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = p
+        self.p = _check_p(p)
 
     def forward(self, x):
         if not self.training or self.p == 0:

@@ -126,8 +126,10 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
     (the one ``torch.compile`` uses for CPU linears) was faster on a 2-core
     AVX2 CPU: in a training step's profile, 98 against 128 GFLOP/s for the
     gate/up products; for the LM head's 128-row chunks about 50 against 105.
-    Whole steps, alternated on and off in one process, ran about 6% faster
-    (`bench._kernel_ab` measures it in every benchmark). Other shapes stay
+    Whole steps, alternated on and off in one process, have run from 6%
+    slower to 7% faster from one benchmark to the next (0.94-1.07x, within
+    the machine's drift; `bench._kernel_ab` measures it every time), while
+    the LM head's chunks were about twice as fast in every run. Other shapes stay
     with sgemm, which was as fast there. Same product; rounding differs at
     the 1e-6 level (a test checks it).
     """
