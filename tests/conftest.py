@@ -6,6 +6,26 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def forced_bf16_cpu():
+    """LORABOOK_FORCE_BF16=1 (or 0) makes the whole suite run as on a CPU
+    with (without) native bf16: `int8cpu.is_fast_bf16_cpu`, which decides
+    bf16 autocast (`model.use_bf16`) and Int8Linear's default compute dtype,
+    answers that instead of reading the CPU flags. Read only here, by the
+    tests; the library never sees the variable. Tests that test a branch pin
+    it themselves (monkeypatch or `Config(bf16=...)`), so the suite must
+    pass either way. Subprocesses (bench children, the book build) still
+    read the CPU."""
+    forced = os.environ.get("LORABOOK_FORCE_BF16")
+    if forced not in ("0", "1"):
+        yield None
+        return
+    from lorabook import int8cpu
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(int8cpu, "is_fast_bf16_cpu", lambda: forced == "1")
+        yield forced == "1"
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg(tmp_path_factory):
     from lorabook.config import load_config

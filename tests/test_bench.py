@@ -15,9 +15,16 @@ STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def result(tiny_cfg, tmp_path_factory):
+def bench_cfg(tiny_cfg):
+    """The tiny preset with bf16 pinned off: lorabook's recipe then takes
+    the fp32 branch (and its oneDNN A/B) on a CPU with native bf16 too."""
+    return tiny_cfg.replace(bf16=False)
+
+
+@pytest.fixture(scope="module")
+def result(bench_cfg, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    return B.run_bench(tiny_cfg, steps=STEPS, out_dir=str(out),
+    return B.run_bench(bench_cfg, steps=STEPS, out_dir=str(out),
                        verbose=False), out
 
 
@@ -44,7 +51,9 @@ def test_writes_results_with_both_recipes(result):
     for name in ("mlp", "lm_head"):
         for kernel in ("sgemm", "lorabook"):
             assert k[f"{name}_{kernel}"] > 0 and math.isfinite(k[f"{name}_{kernel}"])
-    # lorabook's steps, alternating the oneDNN path on and off.
+    # lorabook's steps (fp32: bf16 pinned off), alternating the oneDNN path
+    # on and off.
+    assert on_disk["lorabook"]["bf16"] is False
     ab = on_disk["lorabook"]["kernel_ab"]
     assert ab["steps"] == 2 * (STEPS - 1)
     assert ab["onednn"] > 0 and ab["sgemm"] > 0
@@ -62,14 +71,14 @@ def test_recipes_are_the_assignments_and_ours(result):
     assert not lb["gradient_checkpointing"]
 
 
-def test_same_real_tokens_for_both_recipes(result, tiny_cfg):
+def test_same_real_tokens_for_both_recipes(result, bench_cfg):
     res, _ = result
     ref, lb = res["reference"], res["lorabook"]
     assert ref["real_tokens"] == lb["real_tokens"] > 0
     assert ref["learned_tokens"] == lb["learned_tokens"]
     assert ref["val_tokens"] == lb["val_tokens"]
     # The reference pads every sample to 256; dynamic padding does less.
-    assert ref["computed_tokens"] == STEPS * tiny_cfg.batch_size * 256
+    assert ref["computed_tokens"] == STEPS * bench_cfg.batch_size * 256
     assert lb["computed_tokens"] <= ref["computed_tokens"]
 
 
@@ -87,12 +96,61 @@ def test_profile_shares_sum_to_one(result):
     assert res["lorabook"]["profile"]["backward_recompute_share"] == 0
 
 
-def test_cached_result_is_reused(result, tiny_cfg):
+def test_cached_result_is_reused(result, bench_cfg):
     res, out = result
     before = (out / "results.json").stat().st_mtime_ns
-    again = B.run_bench(tiny_cfg, steps=STEPS, out_dir=str(out), verbose=False)
+    again = B.run_bench(bench_cfg, steps=STEPS, out_dir=str(out), verbose=False)
     assert again["finished"] == res["finished"]
     assert (out / "results.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_lorabook_recipe_keeps_the_configs_bf16(tiny_cfg, bf16, monkeypatch):
+    """Both branches on any CPU: the recipe follows cfg.bf16 whatever the
+    CPU, and None still means "where the CPU has native bf16"."""
+    from lorabook import int8cpu
+    from lorabook import model as M
+    for recipe in ("lorabook", "lorabook_unfused", "lorabook_lowmem"):
+        rcfg = B.recipe_config(tiny_cfg.replace(bf16=bf16), recipe)
+        assert rcfg.bf16 is bf16
+        monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: not bf16)
+        assert M.use_bf16(rcfg) is bf16
+    auto = B.recipe_config(tiny_cfg.replace(bf16=None), "lorabook")
+    monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: bf16)
+    assert M.use_bf16(auto) is bf16
+    # The reference is the assignment's fp32 recipe on every CPU.
+    assert B.recipe_config(tiny_cfg.replace(bf16=True), "reference").bf16 is False
+
+
+def test_bf16_recipe_skips_the_onednn_ab(tiny_cfg):
+    """The other branch of `run_recipe`: under bf16 autocast the widening
+    products are not fp32, so there is no oneDNN A/B to time."""
+    cfg = tiny_cfg.replace(bf16=True)
+    e = B.run_recipe(cfg, "lorabook", B.batch_plan(cfg, 2), profile=True,
+                     n_val=4)
+    assert e["bf16"] is True and e["kernel_ab"] is None
+    assert e["steps"] == 2 and math.isfinite(e["val_loss"])
+    assert e["profile"] is not None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_machine_info_reports_the_bf16_decision(monkeypatch, native):
+    from lorabook import int8cpu
+    monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: native)
+    assert B.machine_info()["native_bf16"] is native
+
+
+def test_table_utilisation_uses_the_recipes_dtype():
+    """A bf16 recipe is measured against the bf16 peak, an fp32 one against
+    fp32's, whichever CPU the result came from."""
+    def entry(bf16, util):
+        return dict(tokens_per_s=1.0, seconds_per_epoch=1.0, peak_rss_mb=1.0,
+                    val_loss=1.0, padding_share=0.0, bf16=bf16,
+                    utilisation=util)
+    util = {"fp32": 0.5, "bf16": 0.25, "int8": 0.125}
+    rows = B.table_rows({"reference": entry(False, util),
+                         "lorabook": entry(True, util)})
+    assert [r["util. of peak"] for r in rows] == ["50.0% fp32", "25.0% bf16"]
 
 
 def test_gemm_peaks_are_positive():

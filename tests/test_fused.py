@@ -284,8 +284,13 @@ def test_attention_bf16_forward_fp32_backward():
     exact, _ = grads(False, False)
     plain, names_plain = grads(False, True)
     lean, names_lean = grads(True, True)
+    lean_fp32, names_lean_fp32 = grads(True, False)
     assert "_AttentionFp32BackwardBackward" in names_lean
     assert "_AttentionFp32BackwardBackward" not in names_plain
+    # Without autocast (fp32 training, a CPU without native bf16) the
+    # patched attention is plain SDPA.
+    assert "_AttentionFp32BackwardBackward" not in names_lean_fp32
+    torch.testing.assert_close(lean_fp32, exact, rtol=1e-4, atol=1e-6)
 
     def err(g):
         return ((g - exact).norm() / exact.norm()).item()

@@ -263,6 +263,17 @@ def test_read_safetensors_reads_in_place_only_when_it_fits(tmp_path):
     assert torch.equal(wrong_b, torch.zeros(5))   # left untouched
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_default_compute_dtype_follows_the_bf16_decision(monkeypatch, native):
+    """Int8Linear's default matmul dtype is bf16 exactly where the CPU has
+    native bf16 (pinned here both ways, whatever this CPU has)."""
+    from lorabook import int8cpu
+    monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: native)
+    want = torch.bfloat16 if native else torch.float32
+    assert int8cpu.default_compute_dtype() == want
+    assert Int8Linear(64, 32).compute_dtype == want
+
+
 @pytest.mark.parametrize("in_f,out_f", [(96, 320), (320, 96)])
 @pytest.mark.parametrize("onednn", [True, False])
 def test_fp32_products_agree_on_both_paths(monkeypatch, in_f, out_f, onednn):
@@ -284,19 +295,27 @@ def test_fp32_products_agree_on_both_paths(monkeypatch, in_f, out_f, onednn):
     torch.testing.assert_close(gx, gx2)
 
 
-def test_linear_takes_onednn_only_for_widening_products_without_grad():
+@pytest.mark.parametrize("onednn", [True, False])
+def test_linear_takes_onednn_only_for_widening_products_without_grad(
+        monkeypatch, onednn):
+    """Both routings on any CPU and whatever LORABOOK_ONEDNN says: on, only
+    the widening fp32 product goes to oneDNN (bf16 never does); off, none."""
     from torch.profiler import profile
 
     from lorabook import int8cpu
-    if not (int8cpu.ONEDNN_WIDENING and int8cpu._onednn_linear_available()):
-        pytest.skip("oneDNN linear not available or turned off")
+    if not int8cpu._onednn_linear_available():
+        pytest.skip("this PyTorch build has no oneDNN linear")
+    monkeypatch.setattr(int8cpu, "ONEDNN_WIDENING", onednn)
+    assert int8cpu._onednn_takes(torch.float32) is onednn
+    assert int8cpu._onednn_takes(torch.bfloat16) is False
     x = torch.randn(40, 64)
     wide, narrow = torch.randn(200, 64), torch.randn(16, 64)
     with profile() as p:
         y_wide = int8cpu.linear(x, wide)
         int8cpu.linear(x, narrow)
+        int8cpu.linear(x.bfloat16(), wide.bfloat16())
     calls = [e.name for e in p.events() if e.name == "mkldnn::_linear_pointwise"]
-    assert len(calls) == 1
+    assert len(calls) == (1 if onednn else 0)
     torch.testing.assert_close(y_wide, x @ wide.t())
     # With a graph to record, it is F.linear (oneDNN's op has no autograd).
     xg = x.clone().requires_grad_(True)

@@ -128,3 +128,19 @@ def test_right_padding_detection():
     assert _right_padded(torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
     assert not _right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))   # left
     assert not _right_padded(torch.tensor([[1, 0, 1]]))              # a hole
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_use_bf16_pins_and_follows_the_cpu(tiny_cfg, monkeypatch, native):
+    """The bf16 autocast decision, both CPU branches on any CPU: the config
+    wins when it says; None means int8cpu on a CPU with native bf16 only."""
+    from lorabook import int8cpu
+    monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    auto = tiny_cfg.replace(bf16=None, quant_backend="int8cpu")
+    assert M.use_bf16(auto) is native
+    assert M.use_bf16(auto.replace(bf16=True)) is True
+    assert M.use_bf16(auto.replace(bf16=False)) is False
+    # Not where bf16 does not pay: no 8-bit, or bitsandbytes' own layers.
+    assert M.use_bf16(auto.replace(load_in_8bit=False)) is False
+    assert M.use_bf16(auto.replace(quant_backend="bitsandbytes")) is False

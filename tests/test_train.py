@@ -157,3 +157,25 @@ def test_trainer_loss_runs_under_bf16_autocast(tiny_cfg, tokenizer, tmp_path,
     trainer = T.make_trainer_class()(model=model, args=args)
     trainer.compute_loss(trainer.model, _batch(cfg, tokenizer, n=2))
     assert seen == [(True, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_both_training_loops_follow_the_bf16_decision(tiny_cfg, tmp_path,
+                                                      monkeypatch, native):
+    """LeanLoop's autocast and the Trainer's `bf16` come from the same
+    decision, pinned here both ways (CPU flags and config) on any CPU."""
+    from lorabook import int8cpu
+    monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    seen = []
+
+    def spy(model, inputs, n=None):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return torch.zeros(())
+    monkeypatch.setattr(T, "label_only_loss", spy)
+    cfg = tiny_cfg.replace(quant_backend="int8cpu", bf16=None)
+    for c, want in ((cfg, native), (cfg.replace(bf16=not native), not native)):
+        loop = T.LeanLoop(c, torch.nn.Linear(2, 2), 1)
+        loop.loss({"input_ids": torch.zeros(1, 2, dtype=torch.long)})
+        assert loop.bf16 is want and seen[-1] is want
+        assert T.training_arguments(c, tmp_path).bf16 is want

@@ -71,7 +71,10 @@ def default_steps(cfg: Config) -> int:
 
 
 def recipe_config(cfg: Config, recipe: str) -> Config:
-    """The config each recipe trains with (same model, data, LoRA, lr)."""
+    """The config each recipe trains with (same model, data, LoRA, lr).
+
+    lorabook's recipes keep cfg's `bf16` (None: where the CPU has native
+    bf16), so that a test can pin either branch on any CPU."""
     if recipe in ("reference", "reference_tcmalloc"):
         return cfg.replace(quant_backend="bitsandbytes", load_in_8bit=True,
                            gradient_checkpointing=True, padding="max_length",
@@ -80,7 +83,7 @@ def recipe_config(cfg: Config, recipe: str) -> Config:
     if recipe == "lorabook":
         return cfg.replace(quant_backend="int8cpu", load_in_8bit=True,
                            gradient_checkpointing=False, padding="longest",
-                           bf16=None, label_only_head=True, fused_ops=True)
+                           bf16=cfg.bf16, label_only_head=True, fused_ops=True)
     if recipe == "lorabook_unfused":
         return recipe_config(cfg, "lorabook").replace(fused_ops=False)
     if recipe == "lorabook_lowmem":
