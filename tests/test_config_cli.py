@@ -39,8 +39,111 @@ def test_cli_error_exit_code(capsys, tmp_path):
     assert err.startswith("error: ") and "Traceback" not in err
 
 
-def test_cli_data_prints_real_statistics(capsys):
-    code = main(["data", "data/sotu_passages.jsonl", "--preset", "tiny"])
+def test_cli_data_prints_real_statistics(capsys, tmp_path, tokenizer):
+    """The printed numbers are the data's: hand-counted words, and token
+    counts of the responses as the tokenizer splits them."""
+    import json
+    rows = [("one two", "a"), ("one two three four", "a b c"),
+            ("x", "a b c d e f g h")]
+    f = tmp_path / "own.jsonl"
+    f.write_text("".join(json.dumps(dict(prompt=p, response=r)) + "\n"
+                         for p, r in rows))
+    code = main(["data", str(f), "--preset", "tiny", "--group-column", "none",
+                 "--min-samples", "1"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "samples" in out and "tokens: mean" in out and "preview" in out
+    assert f"{f}: 3 samples" in out
+    # prompts 2, 4, 1 words; responses 1, 3, 8 words
+    assert "prompt   words: mean 2.3, median 2, min 1, max 4" in out
+    assert "response words: mean 4.0, median 3, min 1, max 8" in out
+    n = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for _, r in rows]
+    assert f"tokens: mean {sum(n) / 3:.1f}, max {max(n)}" in out
+    assert "prompt:   'one two'" in out and "response: 'a b c'" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["train"], ["evaluate"], ["export", "--output", "x"], ["bench"],
+    ["data", "data/sotu_passages.jsonl", "--no-tokens"]])
+@pytest.mark.parametrize("problem", ["missing", "invalid", "unknown"])
+def test_every_subcommand_exits_2_on_config_errors(capsys, tmp_path, argv,
+                                                    problem):
+    f = tmp_path / "c.yaml"
+    if problem != "missing":
+        f.write_text("epochs: 0\n" if problem == "invalid" else "epoch: 3\n")
+    assert main(argv + ["--config", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_run_commands_exit_2_without_a_finished_run(capsys, tmp_path):
+    for argv in (["evaluate", "--run", str(tmp_path)],
+                 ["export", "--run", str(tmp_path), "--output", "x"]):
+        assert main(argv) == 2
+        assert "no finished run" in capsys.readouterr().err
+    assert main(["submission", "--name", "nobody"]) == 2
+    assert "Lastname_Firstname" in capsys.readouterr().err
+
+
+def test_python_m_lorabook_exits_2_with_an_error_line(tmp_path):
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "lorabook", "train", "--config",
+                        str(tmp_path / "missing.yaml")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert p.stderr.startswith("error: config file not found")
+    assert "Traceback" not in p.stderr
+
+
+def test_ctrl_c_exits_130(capsys, monkeypatch):
+    from lorabook import train as T
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(T, "train", interrupted)
+    assert main(["train", "--preset", "tiny"]) == 130
+    assert "--resume" in capsys.readouterr().err
+
+
+def _fake_run(tmp_path, **changes):
+    """A finished run's directory as `train` leaves it (no adapter needed):
+    trained on one's own data with `group_column: null`."""
+    import json
+    cfg = load_config("tiny", output_dir=str(tmp_path / "mine"),
+                      data_path=str(tmp_path / "my.jsonl"),
+                      prompt_column="question", **changes).replace(
+                          group_column=None)
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(dict(cfg.to_dict(),
+                                                     hash=cfg.hash())))
+    (run / "metrics.json").write_text("{}")
+    (run / "log_history.json").write_text("[]")
+    return cfg, run
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_run_commands_use_the_runs_own_config(tmp_path, monkeypatch, capsys,
+                                               command):
+    """`--run DIR` evaluates and exports with the config the run was trained
+    with (group_column null, its own data and columns), not the defaults."""
+    from lorabook import evaluate as E
+    from lorabook import train as T
+    cfg, run = _fake_run(tmp_path, target_modules=("q_proj",))
+    seen = []
+    monkeypatch.setattr(E, "evaluate_run", lambda c, r, force=False: (
+        seen.append((c, r)), {"summary": {}})[1])
+    monkeypatch.setattr(T, "export_merged", lambda c, r, out: (
+        seen.append((c, r)), out)[1])
+    extra = ["--output", str(tmp_path / "merged")] if command == "export" else []
+    assert main([command, "--run", str(run), *extra]) == 0
+    (got, r), = seen
+    assert r.path == run
+    assert got == cfg and got.hash() == cfg.hash()
+    assert got.group_column is None and got.prompt_column == "question"
+    # A moved data file can be pointed at; another config cannot be mixed in.
+    seen.clear()
+    assert main([command, "--run", str(run), "--data", "elsewhere.jsonl", *extra]) == 0
+    assert seen[0][0] == cfg.replace(data_path="elsewhere.jsonl")
+    assert main([command, "--run", str(run), "--preset", "tiny", *extra]) == 2
+    assert "either --run or --config" in capsys.readouterr().err

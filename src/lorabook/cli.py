@@ -33,6 +33,36 @@ def _cfg(args):
     return cfg
 
 
+def _run_config(args, run):
+    """The config a finished run was trained with (its `config.json`), so
+    that `--run DIR` evaluates or exports with the run's own settings
+    (`group_column: null`, its data, columns and model). `--data` and
+    `--model` may still point at files that moved; `--config` and
+    `--preset` would describe another run and are refused."""
+    import dataclasses
+
+    from lorabook.config import Config
+    if getattr(args, "config", None) or getattr(args, "preset", None):
+        raise LorabookError("--run uses the run's own config.json; give "
+                            "either --run or --config/--preset, not both")
+    d = {k: v for k, v in run.config.items() if k != "hash"}
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise LorabookError(f"{run.path / 'config.json'}: unknown config "
+                            f"field(s): {', '.join(unknown)}")
+    if isinstance(d.get("target_modules"), list):
+        d["target_modules"] = tuple(d["target_modules"])
+    for k in ("data_path", "model_name"):
+        if getattr(args, k, None) is not None:
+            d[k] = getattr(args, k)
+    try:
+        return Config(**d)
+    except TypeError as e:
+        raise LorabookError(f"{run.path / 'config.json'}: invalid "
+                            f"configuration: {e}") from None
+
+
 def cmd_data(args) -> int:
     from lorabook import data as D
     from lorabook import model as M
@@ -73,9 +103,7 @@ def cmd_evaluate(args) -> int:
     from lorabook import train as T
     if args.run:
         run = T.load_run(args.run)
-        cfg = load_config(run.config["preset"], None, **{
-            k: (tuple(v) if isinstance(v, list) else v)
-            for k, v in run.config.items() if k not in ("preset", "hash")})
+        cfg = _run_config(args, run)
     else:
         cfg = _cfg(args)
         run = T.load_run(T.run_dir(cfg))
@@ -86,8 +114,12 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     from lorabook import train as T
-    cfg = _cfg(args)
-    run = T.load_run(args.run or T.run_dir(cfg))
+    if args.run:
+        run = T.load_run(args.run)
+        cfg = _run_config(args, run)
+    else:
+        cfg = _cfg(args)
+        run = T.load_run(T.run_dir(cfg))
     out = T.export_merged(cfg, run, args.output)
     print(f"Merged model written to {out}")
     return 0
