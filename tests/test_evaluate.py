@@ -89,12 +89,58 @@ def test_perplexity_overflow_guard():
         E.perplexity(1.0, 0)
 
 
-def test_bootstrap_ci_brackets_estimate():
+def test_bootstrap_ci_matches_the_ratio_estimators_spread():
+    """The percentile CI of token-weighted perplexity, resampling examples
+    (sum and count together), is for many examples the delta-method
+    interval exp(r +- 1.96 se) of the ratio r = sum(nll) / sum(tokens)."""
     rng = np.random.default_rng(0)
-    sums = rng.uniform(10, 30, 200)
-    counts = rng.integers(5, 15, 200)
-    lo, hi = E.bootstrap_ci(sums, counts, 500)
-    assert lo < E.perplexity(sums.sum(), counts.sum()) < hi
+    n = 400
+    counts = rng.integers(5, 40, n)
+    sums = counts * rng.uniform(1.5, 3.5, n)      # per-token loss varies
+    r = sums.sum() / counts.sum()
+    se = np.sqrt(((sums - r * counts) ** 2).sum()) / counts.sum()
+    lo, hi = E.bootstrap_ci(sums, counts, 4000)
+    assert np.log(lo) == pytest.approx(r - 1.96 * se, abs=0.15 * se)
+    assert np.log(hi) == pytest.approx(r + 1.96 * se, abs=0.15 * se)
+    # Examples with the same per-token loss leave nothing to resample.
+    lo, hi = E.bootstrap_ci(counts * 2.0, counts, 200)
+    assert lo == pytest.approx(np.exp(2.0)) and hi == pytest.approx(np.exp(2.0))
+
+
+def test_generation_stops_at_eos_and_cuts_there(scored, tokenizer,
+                                                monkeypatch):
+    """Forced continuations: the first prompt's model says two tokens and
+    EOS, the second never stops. The text is cut at EOS (nothing after it,
+    not even padding), `stopped` says who stopped, n_tokens counts the EOS."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+    model, _, _ = scored
+    a, b = (tokenizer(w, add_special_tokens=False)["input_ids"][0]
+            for w in (" peace", " war"))
+    eos = tokenizer.eos_token_id
+    plan = [[a, a, eos, b, b, b], [b] * 6]
+
+    class Force(LogitsProcessor):
+        def __init__(self, width):
+            self.width = width
+
+        def __call__(self, input_ids, scores):
+            step = input_ids.shape[1] - self.width
+            forced = torch.full_like(scores, -1e9)
+            for row in range(scores.shape[0]):
+                forced[row, plan[row][step]] = 0
+            return forced
+    real = model.generate
+
+    def generate(input_ids, **kw):
+        return real(input_ids=input_ids, logits_processor=LogitsProcessorList(
+            [Force(input_ids.shape[1])]), **kw)
+    monkeypatch.setattr(model, "generate", generate)
+    g = E.generate(model, tokenizer, ["Hello.", "Hi there, longer."],
+                   max_new_tokens=6)
+    assert g[0] == dict(text=tokenizer.decode([a, a]).strip(), stopped=True,
+                        n_tokens=3)
+    assert g[1] == dict(text=tokenizer.decode([b] * 6).strip(), stopped=False,
+                        n_tokens=6)
 
 
 def test_generation_batched_and_stops(scored, tokenizer):

@@ -48,11 +48,30 @@ def test_linear_cross_entropy_rejects_a_trainable_weight():
                                    torch.tensor([0, 1]))
 
 
-def test_linear_cross_entropy_without_grad_keeps_nothing():
-    h = torch.randn(4, 8)
-    with torch.no_grad():
-        out = fused.linear_cross_entropy(h, torch.randn(10, 8), torch.tensor([1, 2, 3, 4]))
-    assert out.grad_fn is None
+def test_linear_cross_entropy_without_grad_computes_no_gradient():
+    """Under no_grad (evaluation) the head's gradient [n, d] is neither
+    computed nor kept, even for a hidden state that requires grad; the
+    loss is the same."""
+    from torch.profiler import profile
+    w, t = torch.randn(10, 8), torch.tensor([1, 2, 3, 4, 5])
+
+    def run(requires_grad, grad_enabled):
+        h = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+        h.requires_grad_(requires_grad)
+        with torch.set_grad_enabled(grad_enabled), profile() as p:
+            out = fused.linear_cross_entropy(h, w, t, chunk=2)
+        mm = sum(e.name == "aten::matmul" for e in p.events())
+        return out.detach(), mm, out.grad_fn
+    ref = torch.nn.functional.cross_entropy(
+        torch.randn(5, 8, generator=torch.Generator().manual_seed(0)) @ w.t(),
+        t, reduction="sum")
+    eval_loss, eval_mm, eval_fn = run(True, False)
+    plain_loss, plain_mm, _ = run(False, True)
+    train_loss, train_mm, train_fn = run(True, True)
+    assert eval_fn is None and train_fn is not None
+    assert eval_mm == plain_mm < train_mm        # no gradient product
+    for loss in (eval_loss, plain_loss, train_loss):
+        torch.testing.assert_close(loss, ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

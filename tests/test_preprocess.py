@@ -104,9 +104,21 @@ def test_guard_catches_fully_masked_examples():
         P.check_learned_tokens(bad)
 
 
-def test_encoding_is_deterministic(tokenizer):
-    assert P.encode(PROMPT, RESPONSE, tokenizer, 64) == \
-        P.encode(PROMPT, RESPONSE, tokenizer, 64)
+def test_encoding_is_pinned(tokenizer):
+    """The exact ids of one example (SmolLM2's tokenizer and chat template):
+    a change of template, special tokens, masking or truncation shows here,
+    not only as a slightly different loss."""
+    prompt = [1, 4093, 198, 6004, 2, 198, 1, 520, 9531, 198]  # <|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n
+    response = [54, 3164, 4240, 30, 2]                          # Fellow citizens.<|im_end|>
+    ex = P.encode("hi", "Fellow citizens.", tokenizer, 64)
+    assert ex == dict(input_ids=prompt + response,
+                      attention_mask=[1] * 15,
+                      labels=[-100] * 10 + response)
+    # Truncated: the response is cut from the right and loses its EOS.
+    cut = P.encode("hi", "Fellow citizens.", tokenizer, 12)
+    assert cut["input_ids"] == prompt + response[:2]
+    assert cut["labels"] == [-100] * 10 + response[:2]
+    assert P.encode("hi", "Fellow citizens.", tokenizer, 10) is None
 
 
 def test_masking_table(tokenizer):
