@@ -77,12 +77,22 @@ def test_label_only_head_loss_equals_model_loss(tiny_cfg, tokenizer, backend):
     assert grads and all(g is not None for g in grads)
 
 
-def test_int8cpu_backend_keeps_int8_weights(tiny_cfg):
-    from lorabook.int8cpu import Int8Linear
-    model = M.load_model(tiny_cfg.replace(quant_backend="int8cpu"))
-    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
-    assert layers and all(m.weight.dtype == torch.int8 for m in layers)
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+def test_int8cpu_backend_is_bitsandbytes_model(tiny_cfg):
+    """The fast CPU product keeps bitsandbytes' own layers, codes and scales;
+    only who multiplies changes."""
+    import bitsandbytes as bnb
+    from lorabook.int8cpu import bnb_int8_state
+    fast = M.load_model(tiny_cfg.replace(quant_backend="int8cpu"))
+    plain = M.load_model(tiny_cfg.replace(quant_backend="bitsandbytes"))
+    layers = [m for m in fast.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    ref = [m for m in plain.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert layers and len(layers) == len(ref)
+    for a, b in zip(layers, ref):
+        assert a.weight.dtype == torch.int8
+        assert torch.equal(a.weight.data, b.weight.data)
+        torch.testing.assert_close(bnb_int8_state(a)[1], bnb_int8_state(b)[1])
+    assert fast.get_base_model().lorabook_fast_int8 == len(layers)
+    trainable = [n for n, p in fast.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
 
 

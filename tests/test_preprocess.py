@@ -127,3 +127,21 @@ def test_masking_table(tokenizer):
     assert list(table.columns) == ["position", "token", "id", "label", "role"]
     assert (table.role == "learned").sum() == sum(l != -100 for l in ex["labels"])
     assert table.iloc[-1].token == "<|im_end|>"
+
+
+@pytest.mark.parametrize("changes", [{}, {"padding": "max_length"},
+                                     {"pad_to_multiple_of": 1}])
+def test_hf_collator_builds_our_collators_batches(tiny_cfg, tokenizer, changes):
+    """make_collator (DataCollatorForSeq2Seq, what trains) and P.Collator
+    (the demonstrations, scoring) give the same tensors."""
+    cfg = tiny_cfg.replace(**changes)
+    exs = [P.encode("1790, George Washington (No party):", r, tokenizer,
+                    cfg.max_length)
+           for r in ("Hi.", "A much longer response " * 3, "Mid length one.")]
+    ours = P.Collator(tokenizer, cfg.padding, cfg.max_length,
+                      cfg.pad_to_multiple_of)(exs)
+    hf = P.make_collator(tokenizer, cfg)(exs)
+    assert ours.keys() == hf.keys()
+    for k in ours:
+        assert torch.equal(ours[k], hf[k]), k
+    assert (hf["labels"][hf["attention_mask"] == 0] == -100).all()

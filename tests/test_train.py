@@ -41,10 +41,25 @@ def test_finished_run_is_reused(tiny_cfg, tiny_run):
     assert (again.path / "metrics.json").stat().st_mtime_ns == before
 
 
-def test_reload_gives_identical_logits(tiny_cfg, tiny_run, tokenizer):
+def test_reload_check_passes_on_the_run_and_fails_on_an_altered_adapter(
+        tiny_cfg, tiny_run, tokenizer, tmp_path):
+    """train() ran the reload check against the model training left in
+    memory; the same check must fail when the saved adapter is altered."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+    assert tiny_run.metrics["reload_max_abs_logit_diff"] <= T.RELOAD_TOLERANCE
     model = M.load_trained_model(tiny_cfg, tiny_run.adapter_dir)
     batch = _batch(tiny_cfg, tokenizer)
-    assert T.reload_check(tiny_cfg, tiny_run, model, batch) == 0.0
+    assert T.reload_check(tiny_cfg, model, tiny_run.adapter_dir, batch) == 0.0
+    altered = tmp_path / "altered"
+    shutil.copytree(tiny_run.adapter_dir, altered)
+    f = altered / "adapter_model.safetensors"
+    weights = load_file(f)
+    key = next(k for k in weights if "lora_B" in k)
+    weights[key] = weights[key] * 3 + 0.05
+    save_file(weights, f)
+    with pytest.raises(LorabookError, match="does not reproduce"):
+        T.reload_check(tiny_cfg, model, altered, batch)
 
 
 def test_merged_export_matches_adapter(tiny_cfg, tiny_run, tokenizer, tmp_path):
@@ -91,8 +106,8 @@ def test_resume_after_interruption_matches(tiny_cfg, tiny_run, tmp_path,
         tiny_run.metrics["best_val_loss"], abs=1e-5)
 
 
-def test_nan_guard_stops_training():
-    progress = T._Progress(verbose=False)
+def test_nan_guard_stops_training(tmp_path):
+    progress = T.progress_callback(tmp_path / "log.txt", verbose=False)
 
     class Args:
         learning_rate = 1e-3
@@ -100,7 +115,7 @@ def test_nan_guard_stops_training():
     class State:
         global_step = 7
     with pytest.raises(LorabookError, match="loss became nan"):
-        progress.callback.on_log(Args(), State(), None, logs={"loss": math.nan})
+        progress.on_log(Args(), State(), None, logs={"loss": math.nan})
 
 
 def test_lean_loop_micro_batches_make_the_same_step(tiny_cfg, tokenizer):
@@ -154,7 +169,7 @@ def test_trainer_loss_runs_under_bf16_autocast(tiny_cfg, tokenizer, tmp_path,
     model = M.load_model(cfg)
     args = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True,
                              report_to=[], label_names=["labels"])
-    trainer = T.make_trainer_class()(model=model, args=args)
+    trainer = T.trainer_class()(model=model, args=args)
     trainer.compute_loss(trainer.model, _batch(cfg, tokenizer, n=2))
     assert seen == [(True, torch.bfloat16)]
 
@@ -178,4 +193,39 @@ def test_both_training_loops_follow_the_bf16_decision(tiny_cfg, tmp_path,
         loop = T.LeanLoop(c, torch.nn.Linear(2, 2), 1)
         loop.loss({"input_ids": torch.zeros(1, 2, dtype=torch.long)})
         assert loop.bf16 is want and seen[-1] is want
-        assert T.training_arguments(c, tmp_path).bf16 is want
+        assert T.training_arguments(c, tmp_path, 8).bf16 is want
+
+
+def test_run_has_a_validation_curve_and_a_plain_text_log(tiny_cfg, tiny_run):
+    m = tiny_run.metrics
+    evals = [r for r in tiny_run.log_history if "eval_loss" in r]
+    assert m["n_evaluations"] == len(evals) >= 6
+    assert m["eval_every_steps"] == T.eval_every(tiny_cfg, m["n_train"])
+    lines = tiny_run.log_text.splitlines()
+    assert lines[0].startswith("before training  eval_loss")
+    assert sum("eval_loss" in line for line in lines) == len(evals) + 1
+    assert lines[-1].startswith(f"step {m['train_steps']:>4}/{m['train_steps']}")
+
+
+def test_chapter_recipe_equals_lorabook_train(tiny_cfg, tiny_run, tokenizer,
+                                              tmp_path):
+    """The functions the chapters show and call (load_8bit_model, add_lora,
+    fit), run by hand, give train()'s loss curve and adapter."""
+    cfg = tiny_cfg.replace(output_dir=str(tmp_path / "by-hand"))
+    out = T.run_dir(cfg)
+    out.mkdir(parents=True)
+    _, _, enc = T.prepare_data(cfg, tokenizer)
+    train_ds = enc.splits["train"].remove_columns(["id"])
+    val_ds = enc.splits["validation"].remove_columns(["id"])
+    model = M.add_lora(cfg, M.load_8bit_model(cfg))
+    trainer, result, base = T.fit(cfg, out, model, tokenizer, train_ds,
+                                  val_ds, verbose=False)
+    assert base == pytest.approx(tiny_run.metrics["base_val_loss"], abs=1e-6)
+    mine = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    theirs = [r["loss"] for r in tiny_run.log_history if "loss" in r]
+    assert mine == pytest.approx(theirs, abs=1e-5)
+    a = load_file(out / "adapter" / "adapter_model.safetensors")
+    b = load_file(tiny_run.adapter_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)

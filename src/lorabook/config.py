@@ -83,6 +83,9 @@ class Config:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     logging_steps: int = 10
+    # Validation evaluations (each with a checkpoint) spread evenly over the
+    # run, so the loss figure has a real validation curve.
+    n_evals: int = 8
     gradient_checkpointing: bool = False
     group_by_length: bool = True
     output_dir: str = "runs/default"
@@ -146,7 +149,7 @@ def validate(cfg: Config) -> None:
         problems.append("padding must be 'longest' or 'max_length'")
     for name in ("epochs", "batch_size", "lora_r", "lora_alpha",
                  "max_length", "eval_batch_size", "logging_steps",
-                 "gen_max_new_tokens", "min_samples", "n_metric_prompts",
+                 "gen_max_new_tokens", "min_samples", "n_metric_prompts", "n_evals",
                  "n_generation_prompts", "bootstrap_samples"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:

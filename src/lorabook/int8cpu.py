@@ -52,6 +52,8 @@ __all__ = [
     "default_compute_dtype",
     "model_nbytes",
     "load_quantized",
+    "use_fast_cpu_products",
+    "bnb_int8_state",
 ]
 
 
@@ -370,6 +372,81 @@ def quantize_model_8bit(model: nn.Module, skip: Iterable[str] = ("lm_head",),
     return model
 
 
+# --------------------------------------------------------------------------
+# bitsandbytes' own int8 weights, multiplied the Int8Linear way on the CPU.
+
+def bnb_int8_state(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes [out, in], fp32 row scales [out]) of a bitsandbytes
+    ``Linear8bitLt``, so that W ~ codes * scale[:, None].
+
+    bitsandbytes keeps the row absmax as ``weight.SCB`` until the first
+    forward call and as ``state.SCB`` afterwards; W = CB * SCB / 127.
+    """
+    scb = getattr(layer.weight, "SCB", None)
+    if scb is None:
+        scb = getattr(getattr(layer, "state", None), "SCB", None)
+    if scb is None or layer.weight.dtype != torch.int8:
+        raise ValueError(f"{type(layer).__name__} holds no int8 weights and scales")
+    return layer.weight.data, scb.float() / 127.0
+
+
+def _bnb_fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+    # The same product as Int8Linear.forward, from bitsandbytes' codes.
+    cached = getattr(self, "_inference_weight", None)
+    if cached is not None and not torch.is_grad_enabled() and \
+            not torch.is_autocast_enabled(x.device.type):
+        return _linear_in(x, cached, self.bias).to(x.dtype)
+    if torch.is_autocast_enabled("cpu"):
+        compute = out = torch.get_autocast_dtype("cpu")
+    else:
+        compute, out = self.compute_dtype, x.dtype
+    codes, scale = bnb_int8_state(self)
+    with torch.autocast("cpu", enabled=False):
+        return _DequantLinear.apply(x, codes, scale, self.bias, compute, out, False)
+
+
+def use_fast_cpu_products(model: nn.Module,
+                          compute_dtype: torch.dtype | None = None) -> int:
+    """Multiply every bitsandbytes 8-bit layer of `model` lorabook's way.
+
+    The model stays bitsandbytes' own: the same ``Linear8bitLt`` modules,
+    int8 codes and row scales that ``BitsAndBytesConfig(load_in_8bit=True)``
+    produced, and the same state dict. Only the product changes: instead of
+    bitsandbytes' CPU kernel (activations cast to fp16, outlier columns
+    split off at ``llm_int8_threshold``), each call de-quantizes the layer's
+    codes to the compute dtype (bf16 on CPUs with native bf16, else fp32)
+    and runs the ordinary matmul. Returns the number of layers switched.
+    """
+    from bitsandbytes.nn import Linear8bitLt
+    dtype = compute_dtype or default_compute_dtype()
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, Linear8bitLt) and mod.weight.device.type == "cpu":
+            bnb_int8_state(mod)          # fails early on a layer without codes
+            mod.compute_dtype = dtype
+            mod.forward = types.MethodType(_bnb_fast_forward, mod)
+            n += 1
+    # The unquantized LM head takes `linear`'s faster path too.
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if type(head) is nn.Linear:
+        head.forward = types.MethodType(_plain_linear_forward, head)
+    model.lorabook_fast_int8 = n
+    return n
+
+
+def _fast_int8_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, Int8Linear)
+            or getattr(m.__dict__.get("forward"), "__func__", None)
+            is _bnb_fast_forward]
+
+
+def _dequantized(m: nn.Module) -> torch.Tensor:
+    if isinstance(m, Int8Linear):
+        return m.dequantize(m.compute_dtype)
+    codes, scale = bnb_int8_state(m)
+    return dequantize_rowwise(codes, scale, m.compute_dtype)
+
+
 @contextlib.contextmanager
 def dequantized_for_inference(model: nn.Module):
     """Within the block, every Int8Linear of `model` multiplies by a weight
@@ -382,10 +459,10 @@ def dequantized_for_inference(model: nn.Module):
     products are the ones the layer computes anyway (same weight values,
     same dtype), so the outputs are unchanged.
     """
-    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    layers = _fast_int8_layers(model)
     try:
         for m in layers:
-            m._inference_weight = m.dequantize(m.compute_dtype)
+            m._inference_weight = _dequantized(m)
         yield model
     finally:
         for m in layers:

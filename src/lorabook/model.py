@@ -47,6 +47,24 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def device_description() -> str:
+    """What ran, in words: the GPU's name, or the CPU's model and cores."""
+    if torch.cuda.is_available():
+        return f"an {torch.cuda.get_device_name(0)} GPU"
+    name = "a CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from lorabook.int8cpu import is_fast_bf16_cpu
+    bf16 = "with" if is_fast_bf16_cpu() else "without"
+    return f"{os.cpu_count()} cores of an {name} CPU ({bf16} native bf16)"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -183,7 +201,13 @@ def default_target_modules(model) -> list[str]:
 
 
 def quant_backend(cfg: Config) -> str:
-    """The 8-bit implementation a config resolves to on this machine."""
+    """Who multiplies by the 8-bit weights on this machine.
+
+    The weights are bitsandbytes' own on every device. "bitsandbytes": its
+    own kernels everywhere; "int8cpu": lorabook's product from bitsandbytes'
+    codes (`int8cpu.use_fast_cpu_products`); "auto": int8cpu on the CPU,
+    bitsandbytes on CUDA.
+    """
     if cfg.quant_backend != "auto":
         return cfg.quant_backend
     return "bitsandbytes" if torch.cuda.is_available() else "int8cpu"
@@ -199,12 +223,17 @@ def use_bf16(cfg: Config) -> bool:
     return cfg.load_in_8bit and quant_backend(cfg) == "int8cpu" and is_fast_bf16_cpu()
 
 
+def use_fp16(cfg: Config) -> bool:
+    """fp16 autocast on a GPU without bf16 (a T4); never on the CPU."""
+    return (cfg.bf16 is None and torch.cuda.is_available()
+            and not torch.cuda.is_bf16_supported())
+
+
 def release_free_memory() -> bool:
     """Give the C heap's free pages back to the OS.
 
-    Loading frees many short-lived buffers (file reads, fp32 copies being
-    quantized); the allocator keeps them mapped, so the process's RSS stayed
-    ~0.5 GB (glibc) or ~0.12 GB (tcmalloc) above what the model holds. Calls
+    Loading frees many short-lived buffers (file reads, the fp32 weights
+    bitsandbytes quantizes); the allocator keeps them mapped. Calls
     tcmalloc's `MallocExtension_ReleaseFreeMemory` when the process runs
     under tcmalloc (`lorabook.alloc`), else glibc's `malloc_trim`. Returns
     False where neither is there.
@@ -223,87 +252,91 @@ def release_free_memory() -> bool:
         return False
 
 
-def load_base_model(cfg: Config, *, quantize: bool | None = None,
-                    backend: str | None = None):
-    """The frozen base model, in 8-bit or full precision.
-
-    8-bit comes from bitsandbytes (`BitsAndBytesConfig(load_in_8bit=True)`)
-    or, on the CPU by default, from lorabook's `Int8Linear`: the same int8
-    row-wise weights, de-quantized per layer to bf16 for the matmul instead
-    of bitsandbytes' per-call casts (appendix on performance).
-    """
+# Adapted from the Hugging Face PEFT quicktour and the "Finetune OPT with
+# bitsandbytes + PEFT" notebook: BitsAndBytesConfig replaces the removed
+# load_in_8bit=True argument; the whole model goes on one device.
+def load_8bit_model(cfg: Config, backend: str | None = None):
+    """The frozen base model with its linear layers in bitsandbytes' int8."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-    quantize = cfg.load_in_8bit if quantize is None else quantize
-    backend = backend or quant_backend(cfg)
-    dev = device()
-    if quantize and backend == "int8cpu" and dev.type == "cpu":
-        # Quantize while loading: never hold the fp32 model (appendix on
-        # performance, memory). None: not a plain local checkpoint.
-        from lorabook.int8cpu import load_quantized
-        model = load_quantized(resolve_model_path(cfg.model_name),
-                               skip=("lm_head",))
-        if model is not None:
-            model.config.use_cache = False
-            return model
-    kwargs = dict(dtype=torch.float32, device_map={"": str(dev)})
-    if quantize and backend == "bitsandbytes":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            resolve_model_path(cfg.model_name), **kwargs)
+            resolve_model_path(cfg.model_name),
+            quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+            device_map={"": str(device())},   # every layer on this device
+            dtype=torch.float32)              # what stays unquantized
     except OSError as e:
         raise LorabookError(
             f"cannot load model {cfg.model_name!r}: {e}. Give a local "
             "directory with config.json and safetensors weights, or a hub "
             "id that is already in the local cache") from None
-    if quantize and backend == "int8cpu":
-        from lorabook.int8cpu import quantize_model_8bit
-        quantize_model_8bit(model, skip=("lm_head",))
-    model.config.use_cache = False
+    if (backend or quant_backend(cfg)) == "int8cpu":
+        # The same bitsandbytes weights, multiplied faster on the CPU.
+        from lorabook.int8cpu import use_fast_cpu_products
+        use_fast_cpu_products(model)
+    model.config.use_cache = False            # no KV cache while training
+    return model
+
+
+def load_base_model(cfg: Config, *, quantize: bool | None = None,
+                    backend: str | None = None):
+    """The frozen base model: 8-bit (`load_8bit_model`) or full precision."""
+    quantize = cfg.load_in_8bit if quantize is None else quantize
+    if quantize:
+        model = load_8bit_model(cfg, backend)
+    else:
+        from transformers import AutoModelForCausalLM
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                resolve_model_path(cfg.model_name), dtype=torch.float32,
+                device_map={"": str(device())})
+        except OSError as e:
+            raise LorabookError(f"cannot load model {cfg.model_name!r}: {e}") from None
+        model.config.use_cache = False
+    if device().type == "cpu":
+        release_free_memory()
     return model
 
 
 def lora_config(cfg: Config, model):
+    """The adapters: rank-8 updates of the attention's query and value maps."""
     from peft import LoraConfig
-    targets = list(cfg.target_modules or default_target_modules(model))
     return LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=targets, bias="none", task_type="CAUSAL_LM")
+        r=cfg.lora_r,                   # rank of each update B @ A
+        lora_alpha=cfg.lora_alpha,      # the update is scaled by alpha / r
+        lora_dropout=cfg.lora_dropout,  # dropout on the adapter's input
+        target_modules=list(cfg.target_modules or default_target_modules(model)),
+        bias="none",                    # biases stay frozen
+        task_type="CAUSAL_LM")
 
 
-def load_model(cfg: Config, *, quantize: bool | None = None):
-    """Base in 8-bit, prepared for k-bit training, with fresh LoRA adapters.
-
-    `prepare_model_for_kbit_training` is the current name of the
-    assignment's `prepare_model_for_int8_training` (removed in PEFT 0.10).
-    It freezes the base, casts layer norms to fp32 and, unless told
-    otherwise, turns on gradient checkpointing; we decide that ourselves.
-    """
+# Adapted from the PEFT quicktour: prepare_model_for_kbit_training is the
+# current name of the assignment's prepare_model_for_int8_training (removed
+# in PEFT 0.10); gradient checkpointing is a config choice here.
+def add_lora(cfg: Config, model):
+    """Freeze the base and add fresh LoRA adapters (B = 0)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
-    base = load_base_model(cfg, quantize=quantize)
-    quantized = cfg.load_in_8bit if quantize is None else quantize
-    if quantized:
-        # Freezes the base and casts norms to fp32 (it leaves Int8Linear's
-        # int8 weights alone); checkpointing only for bitsandbytes models.
-        base = prepare_model_for_kbit_training(
-            base, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    else:
-        base.requires_grad_(False)
-    if cfg.gradient_checkpointing and not getattr(base, "is_loaded_in_8bit", False):
-        base.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
-    torch.manual_seed(cfg.seed)   # LoRA A is random: make it reproducible
-    model = get_peft_model(base, lora_config(cfg, base))
+    # Freezes every base weight and casts the norms to fp32.
+    model = prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    torch.manual_seed(cfg.seed)         # A is random: make it reproducible
+    model = get_peft_model(model, lora_config(cfg, model))
     if cfg.fused_ops:
-        # Same maths, fewer tensors kept for backward (see lorabook.fused);
-        # label_only_loss then also fuses the LM head with its loss.
+        # Same maths, fewer tensors kept for the backward pass (fused.py).
         from lorabook import fused
         fused.apply(model)
         model.lorabook_fused = True
-    if device().type == "cpu":
-        release_free_memory()
     return model
+
+
+def load_model(cfg: Config, *, quantize: bool | None = None):
+    """The model that trains: `load_8bit_model`, then `add_lora`."""
+    base = load_base_model(cfg, quantize=quantize)
+    if cfg.gradient_checkpointing and not getattr(base, "is_loaded_in_8bit", False):
+        # prepare_model_for_kbit_training does this for 8-bit models only.
+        base.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    return add_lora(cfg, base)
 
 
 def load_trained_model(cfg: Config, adapter_dir: str | os.PathLike,
@@ -312,6 +345,12 @@ def load_trained_model(cfg: Config, adapter_dir: str | os.PathLike,
     from peft import PeftModel
     base = load_base_model(cfg, quantize=quantize)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
+    if cfg.fused_ops:
+        # The same functions as in training, so that the reloaded model
+        # computes exactly what the trained one did (train.reload_check).
+        from lorabook import fused
+        fused.apply(model)
+        model.lorabook_fused = True
     model.eval()
     return model
 
@@ -327,3 +366,54 @@ def model_summary(model) -> dict:
     nbytes += sum(b.numel() * b.element_size() for b in model.buffers())
     return dict(total_params=total, trainable_params=trainable,
                 trainable_share=trainable / total, size_mb=nbytes / 2**20)
+
+
+def quantization_cost(cfg: Config, dataset, tokenizer, steps: int = 2) -> list[dict]:
+    """What 8-bit costs and what the CPU product gains (chapter 3).
+
+    For the fp32 base, bitsandbytes' 8-bit model with its own product, and
+    the same 8-bit model with lorabook's CPU product: the size of the linear
+    layers, the perplexity of `dataset`'s responses, the seconds to score
+    them, and the median seconds of a LoRA training step (forward and
+    backward) on a batch of `cfg.batch_size` of them, after one warm-up.
+    """
+    import time
+    from lorabook import preprocess as P
+    from lorabook.evaluate import perplexity, response_nll
+    from lorabook.train import label_only_loss
+    collator = P.Collator(tokenizer)
+    batch = collator([dataset[i] for i in range(min(cfg.batch_size, len(dataset)))])
+    batch = {k: v.to(device()) for k, v in batch.items()}
+    rows = []
+    variants = [(False, None, "fp32")]
+    if device().type == "cpu":
+        variants += [(True, "bitsandbytes", "8-bit, bitsandbytes' product"),
+                     (True, "int8cpu", "8-bit, lorabook's CPU product")]
+    else:
+        variants += [(True, "bitsandbytes", "8-bit, bitsandbytes")]
+    for quantize, backend, name in variants:
+        c = cfg.replace(quant_backend=backend or cfg.quant_backend)
+        model = load_base_model(c, quantize=quantize, backend=backend)
+        linear_mb = sum(
+            p.numel() * p.element_size() for n, p in model.named_parameters()
+            if n.endswith(".weight") and p.ndim == 2 and "embed" not in n
+            and "lm_head" not in n) / 2**20
+        t = time.perf_counter()
+        sums, counts = response_nll(model, dataset, collator, cfg.eval_batch_size)
+        score_s = time.perf_counter() - t
+        model = add_lora(c.replace(lora_dropout=0.0), model)
+        model.train()
+        times = []
+        for _ in range(steps + 1):
+            t = time.perf_counter()
+            with torch.autocast(device().type, dtype=torch.bfloat16,
+                                enabled=use_bf16(c) and quantize):
+                loss = label_only_loss(model, batch)
+            loss.backward()
+            times.append(time.perf_counter() - t)
+        rows.append(dict(weights=name, linear_layers_mb=linear_mb,
+                         val_perplexity=perplexity(sums.sum(), counts.sum()),
+                         score_s=score_s,
+                         train_step_s=sorted(times[1:])[len(times[1:]) // 2]))
+        del model
+    return rows

@@ -83,6 +83,12 @@ class Run:
     def adapter_dir(self) -> Path:
         return self.path / "adapter"
 
+    @property
+    def log_text(self) -> str:
+        """The plain-text training log, as printed while it trained."""
+        p = self.path / "train_log.txt"
+        return p.read_text().rstrip() if p.is_file() else ""
+
     def log_table(self):
         """One row per logging step / evaluation, as a DataFrame."""
         import pandas as pd
@@ -114,38 +120,54 @@ def finished_run(cfg: Config) -> Run | None:
     return run if run.config.get("hash") == cfg.hash() else None
 
 
-class _Progress:
-    """Trainer callback: one short line per log, and the NaN guard."""
+def log_line(state, logs: dict, t0: float) -> str | None:
+    """One plain-text line of the training log, or None for other logs."""
+    if "loss" not in logs and "eval_loss" not in logs:
+        return None
+    if not state.max_steps:        # trainer.evaluate() before training
+        parts = ["before training"]
+    else:
+        parts = [f"step {state.global_step:>4}/{state.max_steps}",
+                 f"epoch {logs.get('epoch', state.epoch or 0):4.2f}"]
+    for key in ("loss", "eval_loss"):
+        if key in logs:
+            parts.append(f"{key} {logs[key]:.4f}")
+    if "learning_rate" in logs:
+        parts.append(f"lr {logs['learning_rate']:.2e}")
+    parts.append(f"{time.time() - t0:5.0f} s")
+    return "  ".join(parts)
 
-    def __init__(self, verbose: bool):
-        from transformers import TrainerCallback
 
-        outer = self
-        self.t0 = time.time()
+def progress_callback(log_path: Path, verbose: bool):
+    """Trainer callback: the NaN guard, and one plain line per log, printed
+    and appended to `log_path` (the log the book shows)."""
+    from transformers import TrainerCallback
 
-        class CB(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kw):
-                outer.t0 = time.time()
+    class Progress(TrainerCallback):
+        t0 = time.time()
 
-            def on_log(self, args, state, control, logs=None, **kw):
-                logs = logs or {}
-                for key in ("loss", "eval_loss", "grad_norm"):
-                    v = logs.get(key)
-                    if v is not None and not math.isfinite(v):
-                        raise LorabookError(
-                            f"training stopped: {key} became {v} at step "
-                            f"{state.global_step}. Lower the learning rate "
-                            f"(now {args.learning_rate}) or check the data")
-                if verbose and ("loss" in logs or "eval_loss" in logs):
-                    parts = [f"step {state.global_step}/{state.max_steps}",
-                             f"epoch {logs.get('epoch', state.epoch or 0):.2f}"]
-                    for key in ("loss", "eval_loss"):
-                        if key in logs:
-                            parts.append(f"{key} {logs[key]:.4f}")
-                    parts.append(f"{time.time() - outer.t0:.0f}s")
-                    print("  ".join(parts), flush=True)
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.time()
 
-        self.callback = CB()
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            for key in ("loss", "eval_loss", "grad_norm"):
+                v = logs.get(key)
+                if v is not None and not math.isfinite(v):
+                    raise LorabookError(
+                        f"training stopped: {key} became {v} at step "
+                        f"{state.global_step}. Lower the learning rate "
+                        f"(now {args.learning_rate}) or check the data")
+            line = log_line(state, logs, self.t0)
+            if line is None:
+                return
+            if verbose:
+                print(line, flush=True)
+            if is_main_process():
+                with open(log_path, "a") as f:
+                    f.write(line + "\n")
+
+    return Progress()
 
 
 def peak_memory_mb() -> float:
@@ -321,24 +343,23 @@ class LeanLoop:
         return losses, times
 
 
-def make_trainer_class():
+def trainer_class():
+    """`transformers.Trainer` whose loss skips the LM head where no label
+    needs it (`label_only_loss`); everything else is the Trainer's own."""
     from transformers import Trainer
 
     class LorabookTrainer(Trainer):
-        """Trainer whose loss skips the LM head where no label needs it."""
-
         label_only_head = True
 
         def compute_loss(self, model, inputs, return_outputs=False,
                          num_items_in_batch=None):
             loss = None
             if self.label_only_head:
-                # The Trainer leaves autocast to accelerate, which wraps
-                # model.forward; label_only_loss calls the backbone instead,
-                # so enter accelerate's autocast here (bf16 when args.bf16).
+                # accelerate puts autocast around model.forward, which
+                # label_only_loss bypasses: enter it here (bf16 / fp16).
                 with self.accelerator.autocast():
                     loss = label_only_loss(model, inputs, num_items_in_batch)
-            if loss is None:
+            if loss is None:       # not a plain PEFT causal LM: usual path
                 return super().compute_loss(model, inputs, return_outputs,
                                             num_items_in_batch)
             return (loss, {"loss": loss}) if return_outputs else loss
@@ -350,8 +371,21 @@ def micro_batch(cfg: Config) -> int:
     return cfg.micro_batch_size or cfg.batch_size
 
 
-def training_arguments(cfg: Config, out: Path):
+def optimizer_steps(cfg: Config, n_train: int) -> int:
+    """Optimizer steps of a run: batches per epoch times epochs."""
+    return math.ceil(n_train / cfg.batch_size) * cfg.epochs
+
+
+def eval_every(cfg: Config, n_train: int) -> int:
+    """Steps between validation evaluations: `n_evals` over the run."""
+    return max(1, math.ceil(optimizer_steps(cfg, n_train) / cfg.n_evals))
+
+
+def training_arguments(cfg: Config, out: Path, n_train: int):
+    """The Trainer's settings, every one written out (chapter 3)."""
     from transformers import TrainingArguments
+    steps = eval_every(cfg, n_train)
+    on_gpu = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=cfg.epochs,
@@ -359,13 +393,15 @@ def training_arguments(cfg: Config, out: Path):
         gradient_accumulation_steps=cfg.batch_size // micro_batch(cfg),
         per_device_eval_batch_size=cfg.eval_batch_size,
         learning_rate=cfg.learning_rate,
+        lr_scheduler_type="linear",           # warm up, then decay to 0
+        warmup_steps=math.ceil(cfg.warmup_ratio * optimizer_steps(cfg, n_train)),
         weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_ratio,        # a float < 1 is a ratio
-        lr_scheduler_type="linear",
-        eval_strategy="epoch",
-        save_strategy="epoch",
+        eval_strategy="steps",                # validation loss every
+        eval_steps=steps,                     # `steps` optimizer steps,
+        save_strategy="steps",                # with a checkpoint each time
+        save_steps=steps,
         save_total_limit=2,                   # the best and the last
-        load_best_model_at_end=True,
+        load_best_model_at_end=True,          # restore the best checkpoint
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         # PEFT models hide `labels` from the Trainer's signature check;
@@ -375,15 +411,58 @@ def training_arguments(cfg: Config, out: Path):
         logging_first_step=True,
         seed=cfg.seed,
         data_seed=cfg.seed,
+        # Batches of similar length: less padding to compute.
         train_sampling_strategy=("group_by_length" if cfg.group_by_length
                                  else "random"),
+        bf16=M.use_bf16(cfg),                 # autocast where it pays
+        fp16=M.use_fp16(cfg),                 # a GPU without bf16 (T4)
+        use_cpu=not on_gpu,
+        dataloader_pin_memory=on_gpu,
         report_to="none",
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_pin_memory=torch.cuda.is_available(),
-        bf16=M.use_bf16(cfg),
+        disable_tqdm=True,                    # plain log lines instead
         prediction_loss_only=True,
     )
+
+
+def make_trainer(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds,
+                 verbose: bool = True):
+    """The Trainer of chapter 3: model, arguments, splits, collator."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    Trainer = trainer_class()
+    Trainer.label_only_head = cfg.label_only_head
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(cfg, out, len(train_ds)),
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=P.make_collator(tokenizer, cfg),
+        processing_class=tokenizer,
+        callbacks=[progress_callback(out / "train_log.txt", verbose)])
+    # One plain line per log (progress_callback), not a dict or a bar.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def fit(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds, *,
+        resume: bool = False, verbose: bool = True):
+    """Train, save the adapter, and check that the saved adapter reloads.
+
+    Returns (trainer, the result of trainer.train(), base validation loss).
+    """
+    trainer = make_trainer(cfg, out, model, tokenizer, train_ds, val_ds, verbose)
+    # LoRA's B starts at 0: before training this is the base model.
+    base = out / "base_eval.json"
+    if not base.is_file():
+        _write_json(base, trainer.evaluate())
+    base_loss = read_json(base)["eval_loss"]
+    checkpoint = resume and any((out / "checkpoints").glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if checkpoint else None)
+    if is_main_process():
+        # The best checkpoint is loaded back (load_best_model_at_end).
+        model.save_pretrained(out / "adapter")    # safetensors: LoRA only
+        tokenizer.save_pretrained(out / "adapter")
+    return trainer, result, base_loss
 
 
 def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
@@ -392,11 +471,13 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
 
     resume: continue from the last checkpoint of an interrupted run.
     force: train again even if a finished run of this config exists.
+    A reused run prints its saved log.
     """
     out = run_dir(cfg)
     if not force and (run := finished_run(cfg)) is not None:
         if verbose:
-            print(f"Reusing the finished run in {out}")
+            print(f"Reusing the finished run in {out}; its log:")
+            print(run.log_text)
         return run
     # Under torchrun only rank 0 touches the directory: another rank that
     # created it first would make rank 0 see an empty "earlier run" here.
@@ -412,6 +493,8 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
                 print(f"Moved an earlier run with another config to {stale}")
         else:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            for name in ("train_log.txt", "base_eval.json"):
+                (out / name).unlink(missing_ok=True)
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", dict(cfg.to_dict(), hash=cfg.hash()))
@@ -422,49 +505,23 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
                 {k: [s["id"] for s in v] for k, v in splits.items()})
     train_ds = enc.splits["train"].remove_columns(["id"])
     val_ds = enc.splits["validation"].remove_columns(["id"])
-
     model = M.load_model(cfg)
-    progress = _Progress(verbose)
-    Trainer = make_trainer_class()
-    Trainer.label_only_head = cfg.label_only_head
-    trainer = Trainer(
-        model=model, args=training_arguments(cfg, out),
-        train_dataset=train_ds, eval_dataset=val_ds,
-        data_collator=P.Collator(tokenizer, cfg.padding, cfg.max_length,
-                                 cfg.pad_to_multiple_of),
-        processing_class=tokenizer, callbacks=[progress.callback])
-    # Our callback prints one short line per log; the Trainer's own printer
-    # would add a dict per log on top.
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-
-    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
-    resume_from = bool(resume and checkpoints)
-    base_metrics_path = out / "base_eval.json"
-    if base_metrics_path.is_file():
-        base_val_loss = read_json(base_metrics_path)["eval_loss"]
-    else:
-        # Fresh LoRA adapters are zero (B = 0), so this is the base model.
-        base_val_loss = trainer.evaluate()["eval_loss"]
-        _write_json(base_metrics_path, {"eval_loss": base_val_loss})
-    if verbose:
-        print(f"Base model validation loss: {base_val_loss:.4f}")
-        if resume_from:
-            print(f"Resuming from {checkpoints[-1].name}")
-
+    had_checkpoints = resume and any((out / "checkpoints").glob("checkpoint-*"))
+    if verbose and had_checkpoints:
+        print("Resuming from the last checkpoint")
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=True if resume_from else None)
+    trainer, result, base_val_loss = fit(cfg, out, model, tokenizer, train_ds,
+                                         val_ds, resume=resume, verbose=verbose)
     wall = time.time() - t0
-
-    if is_main_process():
-        model.save_pretrained(out / "adapter", safe_serialization=True)
-        tokenizer.save_pretrained(out / "adapter")
+    # The saved adapter must reproduce the model training left in memory.
+    batch = P.make_collator(tokenizer, cfg)(
+        [val_ds[i] for i in range(min(4, len(val_ds)))])
+    reload_diff = reload_check(cfg, model, out / "adapter", batch)
 
     history = trainer.state.log_history
     evals = [r["eval_loss"] for r in history if "eval_loss" in r]
     real_tokens = sum(sum(m) for m in train_ds["attention_mask"])
-    steps_done = result.global_step
+    best = Path(trainer.state.best_model_checkpoint or "").name
     metrics = dict(
         n_train=len(train_ds), n_val=len(val_ds),
         n_test=len(enc.splits["test"]), epochs=cfg.epochs,
@@ -474,35 +531,62 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
         train_runtime_s=result.metrics["train_runtime"],
         train_wall_s=wall,
         train_tokens_per_s=real_tokens * cfg.epochs / result.metrics["train_runtime"],
-        train_steps=steps_done,
+        train_steps=result.global_step,
+        eval_every_steps=trainer.args.eval_steps,
+        n_evaluations=len(evals),
         peak_memory_mb=peak_memory_mb(),
         allocator=alloc.active(),
         device=str(M.device()),
+        device_name=M.device_description(),
         base_val_loss=base_val_loss,
         final_val_loss=evals[-1] if evals else None,
         best_val_loss=min(evals) if evals else None,
-        best_checkpoint=Path(trainer.state.best_model_checkpoint or "").name,
+        best_checkpoint=best,
+        best_step=int(best.rsplit("-", 1)[-1]) if best else None,
         final_train_loss=result.metrics.get("train_loss"),
-        resumed=resume_from,
+        reload_max_abs_logit_diff=reload_diff,
+        resumed=bool(had_checkpoints),
     )
     _write_json(out / "log_history.json", history)
     _write_json(out / "metrics.json", metrics)
     if verbose and is_main_process():
-        print(f"Done in {wall:.0f}s; validation loss {base_val_loss:.4f} -> "
+        print(f"Done in {wall:.0f} s; validation loss {base_val_loss:.4f} -> "
               f"{metrics['best_val_loss']:.4f}. Run directory: {out}")
     if not is_main_process():
         return Run(out, dict(cfg.to_dict(), hash=cfg.hash()), metrics, history)
     return load_run(out)
 
 
-def reload_check(cfg: Config, run: Run, model, batch: dict) -> float:
-    """Max |logit difference| between `model` and adapter reloaded from disk."""
-    reloaded = M.load_trained_model(cfg, run.adapter_dir)
+# A reloaded adapter must give the in-memory model's logits up to float
+# rounding; a wrong or partly saved adapter changes them by far more.
+RELOAD_TOLERANCE = 1e-3
+
+
+def reload_check(cfg: Config, model, adapter_dir, batch: dict) -> float:
+    """Max |logit difference| between `model` (as training left it) and the
+    adapter in `adapter_dir` reloaded onto a fresh 8-bit base. Raises when
+    it exceeds RELOAD_TOLERANCE."""
+    reloaded = M.load_trained_model(cfg, adapter_dir)
+    dev = next(model.parameters()).device
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    was_training = model.training
     model.eval()
-    with torch.no_grad():
-        a = model(**batch).logits
-        b = reloaded(**batch).logits
-    return (a - b).abs().max().item()
+    # The Trainer left its mixed-precision autocast around model.forward;
+    # the reloaded model gets the same, so both compute the same products.
+    half = (torch.bfloat16 if M.use_bf16(cfg) else torch.float16
+            if M.use_fp16(cfg) else None)
+    with torch.no_grad(), torch.autocast(dev.type, dtype=half or torch.float32,
+                                         enabled=half is not None):
+        a = model(**batch).logits.float()
+        b = reloaded(**batch).logits.float()
+    model.train(was_training)
+    diff = (a - b).abs().max().item()
+    if not diff <= RELOAD_TOLERANCE:
+        raise LorabookError(
+            f"the adapter saved in {adapter_dir} does not reproduce the "
+            f"trained model (max |logit difference| {diff:.3g} > "
+            f"{RELOAD_TOLERANCE:g})")
+    return diff
 
 
 def export_merged(cfg: Config, run: Run, output: str | os.PathLike) -> Path:
