@@ -11,7 +11,7 @@ libtcmalloc-minimal4) reuses such blocks by size class: the same speed,
 measured, and about 30% less peak memory (appendix on performance).
 
 An allocator is chosen when a process starts, through `LD_PRELOAD`:
-`make book`, `make bench` and `make train` set it, and the benchmark starts
+`make book` and `make bench` set it, and the benchmark starts
 each recipe's process with the allocator that recipe runs under. Set
 `LORABOOK_ALLOCATOR=system` to keep the system's allocator everywhere.
 """

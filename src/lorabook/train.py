@@ -377,8 +377,14 @@ def optimizer_steps(cfg: Config, n_train: int) -> int:
 
 
 def eval_every(cfg: Config, n_train: int) -> int:
-    """Steps between validation evaluations: `n_evals` over the run."""
+    """Steps between validation evaluations: `n_evals` over the run (the
+    Trainer also evaluates the last step when it is not a multiple)."""
     return max(1, math.ceil(optimizer_steps(cfg, n_train) / cfg.n_evals))
+
+
+def n_evaluations(cfg: Config, n_train: int) -> int:
+    steps, every = optimizer_steps(cfg, n_train), eval_every(cfg, n_train)
+    return steps // every + (1 if steps % every else 0)
 
 
 def training_arguments(cfg: Config, out: Path, n_train: int):
@@ -476,7 +482,9 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
     out = run_dir(cfg)
     if not force and (run := finished_run(cfg)) is not None:
         if verbose:
-            print(f"Reusing the finished run in {out}; its log:")
+            where = out.relative_to(cfg.resolve(".")) if out.is_relative_to(
+                cfg.resolve(".")) else out
+            print(f"Reusing the finished run in {where}/; its log:")
             print(run.log_text)
         return run
     # Under torchrun only rank 0 touches the directory: another rank that
