@@ -163,6 +163,102 @@ def test_evaluate_run_writes_metrics(tiny_cfg, tiny_run):
     lo, hi = s["finetuned_test_perplexity_ci"]
     assert lo <= s["finetuned_test_perplexity"] <= hi
     gens = E.load_generations(tiny_run.path)
-    assert len(gens) == 2 * (tiny_cfg.n_generation_prompts + len(E.NEW_PROMPTS))
+    assert len(gens) == tiny_cfg.n_generation_prompts + len(E.NEW_PROMPTS)
+    assert all(r[k] is not None for r in gens for k in E.SYSTEMS)
+    g = res["generation"]
+    assert set(g["seconds"]) >= set(E.SYSTEMS)
+    assert [r["decoding"] for r in g["decoding_comparison"]["rows"]] == [
+        E.DECODING_NAME, *E.DECODING_ALTERNATIVES, "real continuations"]
+    st = res["style"]
+    assert 0 <= st["real"]["balanced"] <= 1 and st["chance"] == pytest.approx(
+        1 / len(st["eras"]))
     assert (tiny_run.path / "metrics.json").is_file()
     assert E.evaluate_run(tiny_cfg, tiny_run, verbose=False) == res  # cached
+
+
+def _sample(i, year, president="George Washington", group=None,
+            opening="An opening.", response="A response."):
+    return dict(id=f"s{i}", group=group or f"{year}_{president}", year=year,
+                president=president,
+                prompt=f"{year}, {president} (No party):\n{opening}",
+                response=response)
+
+
+def test_sotu_prompts_parse_and_instruct():
+    p = E.parse_sotu_prompt("1850, Millard Fillmore (Whig):\nThe harvest.")
+    assert p == dict(year=1850, president="Millard Fillmore", party="Whig",
+                     opening="The harvest.")
+    assert E.parse_sotu_prompt("Hello there") is None
+    told = E.instructed_prompt("1850, Millard Fillmore (Whig):\nThe harvest.")
+    assert "State of the Union" in told and "Millard Fillmore" in told
+    assert "1850" in told and told.endswith("The harvest.")
+    # other data: the task said in general words, the prompt kept whole
+    assert E.instructed_prompt("Q: why?").endswith("Q: why?")
+
+
+def test_new_sotu_prompts_are_not_in_the_corpus():
+    from lorabook import data as D
+    from lorabook.config import load_config
+    cfg = load_config("tiny")
+    samples = D.load_samples(cfg.resolve(cfg.data_path), group_column="address",
+                             min_samples=1)
+    splits = dict(train=samples[:50], validation=[], test=samples[50:60])
+    new = E.new_prompts(splits, samples)
+    assert len(new) == len(E.NEW_PROMPTS)
+    assert not any(p["pair_in_data"] for p in new)
+    assert all(p["opening_overlap"] < 8 for p in new)
+    # the check is real: a pair that is in the data is flagged
+    fake = samples[:1]
+    flagged = E.new_prompts(splits, [dict(fake[0], year=1841,
+                                          president="William Henry Harrison")])
+    assert flagged[0]["pair_in_data"]
+
+
+def test_new_prompts_for_other_data_follow_the_stated_rule():
+    train = [dict(id=f"t{i}", prompt=f"tell me about cats number {i}",
+                  response="ok") for i in range(5)]
+    test = [dict(id="a", prompt="tell me about cats please", response="r1"),
+            dict(id="b", prompt="what is the boiling point of water",
+                 response="r2"),
+            dict(id="c", prompt="tell me about dogs", response="r3")]
+    new = E.new_prompts(dict(train=train, validation=[], test=test), train,
+                        k=2)
+    # least like any training prompt first: b shares 0 words, c 3, a 4
+    assert [p["id"] for p in new] == ["b", "c"]
+    assert new[0]["reference"] == "r2"
+    text_only = [dict(id="x", prompt="", response="some text")] * 3
+    new = E.new_prompts(dict(train=text_only, validation=[], test=text_only),
+                        text_only, k=3)
+    assert [p["prompt"] for p in new] == ["", "", ""]
+
+
+def test_shown_prompts_spread_over_addresses_and_years():
+    # 10 scored passages: 4 from one 1790 address, the rest one per address
+    scored = [_sample(i, 1790, group="1790") for i in range(4)] + [
+        _sample(4 + j, y) for j, y in enumerate((1820, 1861, 1900, 1950,
+                                                 1990, 2020))]
+    at = E.shown_prompts(scored, 4)
+    groups = [scored[i]["group"] for i in at]
+    assert len(set(groups)) == 4                 # one per address
+    years = sorted(scored[i]["year"] for i in at)
+    assert years[0] == 1790 and years[-1] == 2020   # both ends of time
+    # fewer addresses than wanted: every address, then more passages
+    at = E.shown_prompts(scored[:5], 3)
+    assert len(at) == 3 and {scored[i]["group"] for i in at} == {
+        "1790", scored[4]["group"]}
+
+
+def test_few_shot_uses_the_nearest_year_and_chat_turns(tokenizer):
+    train = [_sample(0, 1790, response="Early."),
+             _sample(1, 1901, response="Middle."),
+             _sample(2, 2001, response="Late.")]
+    turns = E.few_shot("1910, William H Taft (Republican):\nHello.", train)
+    assert len(turns) == 3 and turns[1] == "Middle."
+    assert "1901" in turns[0] and "1910" in turns[2]
+    ids = E.chat_ids(turns, tokenizer)
+    text = tokenizer.decode(ids)
+    assert text.index("Middle.") < text.index("Hello.")
+    assert ids[-len(E.P.prompt_ids(turns[2], tokenizer)):] == \
+        E.P.prompt_ids(turns[2], tokenizer)
+    with pytest.raises(LorabookError):
+        E.chat_ids(turns[:2], tokenizer)

@@ -107,15 +107,53 @@ def test_era_classifier_learns_distinctive_vocabulary():
                 years.append(year + rng.randint(0, 9))
         return texts, years
 
-    clf = M.train_era_classifier(*sample(30))
+    clf = M.train_era_classifier(*sample(30), period=50)
     assert M.era_accuracy(clf, *sample(10)) >= 0.9
     assert set(M.era_predict(clf, ["", "atomic soviet"])) <= {
-        M.period_of(y) for y in eras}
+        M.period_of(y, 50) for y in eras}
+    # The default labels are the three eras of ERA_BOUNDS.
+    eras3 = M.train_era_classifier(*sample(30))
+    assert set(M.era_predict(eras3, ["atomic soviet", "militia tariff"])) \
+        <= {"before 1861", "1861\u20131932", "1933 on"}
+    assert M.era_balanced_accuracy(eras3, *sample(10)) >= 0.9
 
 
-def test_era_classifier_needs_two_periods():
-    with pytest.raises(LorabookError, match="at least 2 periods"):
+def test_era_of_bounds():
+    assert M.era_of(1860) == "before 1861"
+    assert M.era_of(1861) == "1861\u20131932"
+    assert M.era_of(1932) == "1861\u20131932"
+    assert M.era_of(1933) == M.era_of(2021) == "1933 on"
+    assert M.era_of(1900, (1850,)) == "1850 on"
+
+
+def test_balanced_accuracy_does_not_reward_the_majority():
+    truth = ["a"] * 8 + ["b"] * 2
+    always_a = ["a"] * 10
+    assert M.majority_accuracy(truth) == 0.8
+    assert M.balanced_accuracy(truth, always_a) == 0.5   # chance, 1 / 2
+    # recall 6/8 on a and 1/2 on b
+    pred = ["a"] * 6 + ["b"] * 2 + ["b", "a"]
+    assert M.balanced_accuracy(truth, pred) == pytest.approx((6 / 8 + 1 / 2) / 2)
+
+
+def test_era_classifier_needs_two_eras():
+    with pytest.raises(LorabookError, match="at least 2 eras"):
         M.train_era_classifier(["a b", "a c", "a d"], [1801, 1810, 1820])
+
+
+def test_echo_voice_loops_and_anachronisms():
+    prompt = "The railroad is changing the commerce of every State."
+    assert M.echo_length("Indeed the railroad is changing the commerce, "
+                         "friends.", prompt) == 6
+    assert M.echo_length("", prompt) == 0
+    assert M.first_person_plural_rate(["We act.", "They act.", "ours"]) \
+        == pytest.approx(2 / 3)
+    assert M.loop_rate(["a b c a b c a b c", "a b c d e f"]) == 0.5
+    assert M.anachronisms("a treaty with the Soviet Union", 1905) == ["soviet"]
+    assert M.anachronisms("a treaty with the Soviet Union", 1950) == []
+    assert M.anachronisms("the railroad and the telegraph", 1830) == [
+        "telegraph"]
+    assert M.anachronisms("anything", None) == []
 
 
 def test_summarize_generations_keys_and_values():
@@ -123,11 +161,16 @@ def test_summarize_generations_keys_and_values():
     out = M.summarize_generations(["the union is strong", ""],
                                   ["the union is strong", "x"], index)
     assert set(out) == {"rouge_l", "bleu", "distinct_1", "distinct_2",
-                        "repeated_3gram_rate", "mean_words", "max_overlap",
-                        "copies"}
+                        "repeated_3gram_rate", "loop_rate", "mean_words",
+                        "we_rate", "max_overlap", "copies"}
     assert out["max_overlap"] == 4 and out["copies"] == 0
     assert out["rouge_l"] == pytest.approx(0.5)
     assert out["mean_words"] == 2.0
+    more = M.summarize_generations(
+        ["the union is strong and free", "a soviet plan"], ["x", "y"], index,
+        prompts=["1800, A (B):\nThe union is strong and free.", "1800, A (B):\nz"],
+        years=[1800, 1800])
+    assert more["echo_rate"] == 0.5 and more["anachronism_rate"] == 0.5
 
 
 @pytest.mark.parametrize("call", [

@@ -8,8 +8,10 @@ same model with its LoRA adapter switched off.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -23,21 +25,130 @@ from lorabook.int8cpu import dequantized_for_inference
 from lorabook import preprocess as P
 from lorabook import train as T
 
-# New prompts (not from the corpus): other years, speakers and topics.
+# New prompts for the State of the Union data: year/president pairs with no
+# address in the corpus (two presidents who died before giving one, the one
+# year without an address, and a year after the corpus ends), with opening
+# sentences written for this book. `new_prompts` checks at run time that no
+# pair occurs in the data and reports the longest run of words each opening
+# shares with any passage.
 NEW_PROMPTS = [
-    dict(year=1835, president="Andrew Jackson", party="Democratic",
-         opening="The railroad is changing the commerce of every State."),
-    dict(year=1918, president="Woodrow Wilson", party="Democratic",
-         opening="The great war in Europe has reached its final months."),
-    dict(year=1962, president="John F. Kennedy", party="Democratic",
-         opening="Our nation is now engaged in a race to reach the moon."),
-    dict(year=2020, president="Donald J. Trump", party="Republican",
-         opening="Artificial intelligence will transform the American economy."),
+    dict(year=1841, president="William Henry Harrison", party="Whig",
+         opening="The distress of the banks has reached every part of the "
+                 "Union since the last session."),
+    dict(year=1881, president="James A Garfield", party="Republican",
+         opening="The reform of the civil service can no longer be put "
+                 "off."),
+    dict(year=1933, president="Franklin D Roosevelt", party="Democratic",
+         opening="Millions of our people have no work and no savings this "
+                 "winter."),
+    dict(year=2023, president="Joseph R Biden", party="Democratic",
+         opening="Artificial intelligence will change the way every American "
+                 "works."),
 ]
+
+# "1850, Millard Fillmore (Whig):\nOpening sentence."
+SOTU_PROMPT = re.compile(r"^(\d{4}), ([^\n(]+?) \(([^\n)]*)\):\n(.+)$", re.S)
 
 
 def new_prompt_text(p: dict) -> str:
     return f"{p['year']}, {p['president']} ({p['party']}):\n{p['opening']}"
+
+
+def parse_sotu_prompt(prompt: str) -> dict | None:
+    """Year, president, party and opening of a SOTU prompt; else None."""
+    m = SOTU_PROMPT.match(prompt or "")
+    if not m:
+        return None
+    return dict(year=int(m[1]), president=m[2], party=m[3], opening=m[4])
+
+
+def is_sotu(samples) -> bool:
+    """True when every prompt has the year/president form of the SOTU data."""
+    return bool(samples) and all(parse_sotu_prompt(s["prompt"]) for s in samples)
+
+
+def new_prompts(splits: dict, all_samples, k: int = 4) -> list[dict]:
+    """Prompts that are new to the model, by a rule for the data's kind.
+
+    SOTU-form data: `NEW_PROMPTS`, each flagged with whether its
+    (year, president) pair has an address in the data and how many words
+    its opening shares with any passage. Other prompt/response data: the
+    `k` test prompts least like any training prompt (shortest longest word
+    run shared with a training prompt; ties by order), with their real
+    responses. Text-only data (empty prompts): `k` empty prompts, i.e.
+    unconditional samples.
+    """
+    train = splits["train"]
+    if is_sotu(train):
+        pairs = {(s["year"], s.get("president")) for s in all_samples}
+        years = {s["year"] for s in all_samples}
+        index = X.build_overlap_index(
+            [s["prompt"].split("\n", 1)[-1] + " " + s["response"]
+             for s in all_samples])
+        out = []
+        for j, p in enumerate(NEW_PROMPTS):
+            out.append(dict(
+                id=f"new-{j}", prompt=new_prompt_text(p), year=p["year"],
+                reference=None, kind="SOTU year/president with no address",
+                pair_in_data=(p["year"], p["president"]) in pairs,
+                year_in_data=p["year"] in years,
+                opening_overlap=index.longest(p["opening"])))
+        return out
+    test = splits["test"]
+    if all(not s["prompt"] for s in train):
+        return [dict(id=f"new-{j}", prompt="", year=None, reference=None,
+                     kind="empty prompt (unconditional)")
+                for j in range(k)]
+    index = X.build_overlap_index([s["prompt"] for s in train])
+    ranked = sorted(range(len(test)),
+                    key=lambda i: (index.longest(test[i]["prompt"]), i))
+    return [dict(id=test[i]["id"], prompt=test[i]["prompt"],
+                 year=test[i].get("year"), reference=test[i]["response"],
+                 kind="test prompt least like the training prompts",
+                 opening_overlap=index.longest(test[i]["prompt"]))
+            for i in ranked[:k]]
+
+
+def instructed_prompt(prompt: str) -> str:
+    """The base model's fair chance: the same prompt, and the task said.
+
+    The base model is an instruction-tuned assistant; given the bare
+    training prompt it answers like one. This wrapper tells it what the
+    fine-tuned model learned from examples: continue the passage.
+    """
+    p = parse_sotu_prompt(prompt)
+    if p:
+        return (f"Here is the opening of a passage from the State of the "
+                f"Union address of {p['president']} in {p['year']}. "
+                f"Continue the passage with the next one or two sentences "
+                f"of the speech. Reply with those sentences only.\n\n"
+                f"{p['opening']}")
+    if not prompt:
+        return ("Write one passage of the kind of text you were trained "
+                "on. Write only the text, no comment.")
+    return ("Reply to the following as its author would. Write only the "
+            f"reply, no comment.\n\n{prompt}")
+
+
+def shown_prompts(scored: list[dict], n: int) -> list[int]:
+    """Indices of `n` scored prompts spread over time and addresses.
+
+    Rule: order the scored prompts' groups (addresses) by year, take `n`
+    groups evenly spaced in that order, and from each the first scored
+    passage. With fewer groups than `n`, later passages of the groups
+    fill the rest in the same order.
+    """
+    first: dict = {}
+    for i, s in enumerate(scored):
+        first.setdefault(s.get("group", s["id"]), i)
+    groups = sorted(first, key=lambda g: (scored[first[g]].get("year") or 0, g))
+    n = min(n, len(scored))
+    if len(groups) >= n:
+        at = np.linspace(0, len(groups) - 1, n).round().astype(int)
+        return sorted(first[groups[a]] for a in dict.fromkeys(at.tolist()))
+    picked = [first[g] for g in groups]
+    rest = [i for i in range(len(scored)) if i not in set(picked)]
+    return sorted(picked + rest[:n - len(picked)])
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:
@@ -148,10 +259,36 @@ def score_split(model, dataset, collator, cfg: Config, seed: int = 0) -> dict:
     return out
 
 
+def chat_ids(turns: list[str], tokenizer) -> list[int]:
+    """Token ids of a few-shot chat: user, assistant, ..., user turns.
+
+    The last turn is the user's; the assistant's answer follows. Each
+    (user, assistant) pair before it is one worked example.
+    """
+    if len(turns) % 2 != 1:
+        raise LorabookError("a few-shot chat needs an odd number of turns "
+                            "(examples as user/assistant pairs, then a user)")
+    chatml = "<|im_start|>" in (getattr(tokenizer, "chat_template", None) or "")
+    end = tokenizer("<|im_end|>\n" if chatml else "\n",
+                    add_special_tokens=False)["input_ids"]
+    ids: list[int] = []
+    for j in range(0, len(turns), 2):
+        part = P.prompt_ids(turns[j], tokenizer)
+        if ids and not chatml and tokenizer.bos_token_id is not None \
+                and part[:1] == [tokenizer.bos_token_id]:
+            part = part[1:]             # one BOS, at the very start
+        ids += part
+        if j + 1 < len(turns):
+            ids += tokenizer(turns[j + 1], add_special_tokens=False)["input_ids"]
+            ids += end
+    return ids
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
+def generate(model, tokenizer, prompts: list, *, max_new_tokens: int,
              do_sample: bool = False, seed: int = 0, temperature: float = 0.8,
-             top_p: float = 0.95, batch_size: int = 64) -> list[dict]:
+             top_p: float = 0.95, repetition_penalty: float = 1.0,
+             no_repeat_ngram_size: int = 0, batch_size: int = 64) -> list[dict]:
     """Batched generation with the KV cache; stops at EOS.
 
     8-bit layers are de-quantized once per call, not once per new token
@@ -166,10 +303,15 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
     model.eval()
     kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p,
                   top_k=0) if do_sample else dict(do_sample=False)
+    if repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = repetition_penalty
+    if no_repeat_ngram_size:
+        kwargs["no_repeat_ngram_size"] = no_repeat_ngram_size
     results = []
     with dequantized_for_inference(model):
         for i in range(0, len(prompts), batch_size):
-            chunk = [P.prompt_ids(p, tokenizer)
+            chunk = [P.prompt_ids(p, tokenizer) if isinstance(p, str)
+                     else chat_ids(p, tokenizer)
                      for p in prompts[i:i + batch_size]]
             width = max(map(len, chunk))
             ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c
@@ -192,21 +334,213 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
     return results
 
 
-def _gen_pair(model, tokenizer, prompts, cfg, **kw):
-    """Base (adapter off) and fine-tuned generations of the same prompts."""
+def _timed(model, tokenizer, prompts, cfg, adapter: bool, **kw):
+    """Generations of one model (adapter on or off), and seconds spent."""
     t0 = time.time()
-    with model.disable_adapter():
-        base = generate(model, tokenizer, prompts,
-                        max_new_tokens=cfg.gen_max_new_tokens, **kw)
-    tuned = generate(model, tokenizer, prompts,
-                     max_new_tokens=cfg.gen_max_new_tokens, **kw)
-    n_tok = sum(g["n_tokens"] for g in base + tuned)
-    return base, tuned, n_tok / (time.time() - t0)
+    ctx = contextlib.nullcontext() if adapter else model.disable_adapter()
+    with ctx:
+        out = generate(model, tokenizer, prompts, batch_size=len(prompts),
+                       max_new_tokens=cfg.gen_max_new_tokens, **kw)
+    return out, time.time() - t0
 
 
-GEN_SETTINGS = dict(greedy=dict(do_sample=False),
-                    sampled=dict(do_sample=True, temperature=0.8, top_p=0.95,
-                                 seed=1234))
+# The decoding every shown and scored generation uses: greedy, except that
+# no 3-gram may occur twice in one generation. Chapter 5 measures it against
+# plain greedy and nucleus sampling on the fine-tuned model (DECODING_
+# ALTERNATIVES): plain greedy loops, and this keeps greedy's determinism
+# and the real passages' length without the loops.
+DECODING = dict(do_sample=False, no_repeat_ngram_size=3)
+DECODING_ALTERNATIVES = {
+    "greedy": dict(do_sample=False),
+    "nucleus sampling": dict(do_sample=True, temperature=0.8, top_p=0.95,
+                             seed=1234),
+}
+DECODING_NAME = "greedy, no repeated 3-gram"
+
+
+def describe_decoding(kw: dict) -> str:
+    """generate() keyword arguments as the book prints them."""
+    return ", ".join(f"{k}={v}" for k, v in kw.items())
+
+
+def few_shot(prompt: str, train: list[dict]) -> list[str]:
+    """The instructed base model's chat: one worked example, then the task.
+
+    The example is the training passage closest in year to the prompt
+    (the first such in the split's order), or the first training sample
+    for data without years, asked and answered in the same instructed form.
+    """
+    p = parse_sotu_prompt(prompt)
+    if p and all("year" in s for s in train):
+        ex = min(train, key=lambda s: abs(s["year"] - p["year"]))
+    else:
+        ex = train[0]
+    return [instructed_prompt(ex["prompt"]), ex["response"],
+            instructed_prompt(prompt)]
+
+
+SYSTEMS = ("base", "base_instructed", "finetuned")
+
+
+def _text_stats(texts, refs, prompts, years, index) -> dict:
+    return X.summarize_generations(texts, refs, index, prompts=prompts,
+                                   years=years)
+
+
+def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
+                         all_samples, run_path: Path,
+                         verbose: bool = True) -> tuple[dict, dict | None]:
+    """Generations of the three systems, their metrics and the era judge.
+
+    Systems: the base model on the bare training prompt ("base"), the base
+    model told the task with one worked example ("base_instructed",
+    `few_shot`), and the fine-tuned model on the training prompt. All use
+    `DECODING`. The scored prompts are a seeded sample of the test split;
+    the shown ones are picked from them by `shown_prompts`, plus the new
+    prompts of `new_prompts`.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    test, train = splits["test"], splits["train"]
+    n_metric = min(cfg.n_metric_prompts, len(test))
+    scored = [test[i] for i in
+              sorted(rng.choice(len(test), n_metric, replace=False))]
+    show_at = shown_prompts(scored, cfg.n_generation_prompts)
+    new = new_prompts(splits, all_samples)
+    items = scored + new              # one batch per model: all prompts
+    bare = [s["prompt"] for s in items]
+    told = [few_shot(p, train) for p in bare]
+    if verbose:
+        print(f"Generating for {n_metric} test prompts and {len(new)} new "
+              f"ones, three systems ...", flush=True)
+    seconds, tokens = {}, {}
+    gens = {}
+    for name, prompts, adapter in (("finetuned", bare, True),
+                                   ("base", bare, False),
+                                   ("base_instructed", told, False)):
+        gens[name], seconds[name] = _timed(model, tokenizer, prompts, cfg,
+                                           adapter, **DECODING)
+        tokens[name] = sum(g["n_tokens"] for g in gens[name])
+
+    refs = [s["response"] for s in scored]
+    years = [s.get("year") for s in scored]
+    index = X.build_overlap_index([s["response"] for s in train])
+    out = dict(
+        settings=dict(max_new_tokens=cfg.gen_max_new_tokens,
+                      decoding=DECODING, name=DECODING_NAME),
+        n_prompts=n_metric, n_new=len(new), seconds=seconds,
+        prompt_tokens={k: float(np.mean([
+            len(P.prompt_ids(p, tokenizer) if isinstance(p, str)
+                else chat_ids(p, tokenizer)) for p in ps]))
+            for k, ps in (("finetuned", bare), ("base", bare),
+                          ("base_instructed", told))},
+        tokens_per_s=sum(tokens.values()) / sum(seconds.values()))
+    for name in SYSTEMS:
+        g = gens[name][:n_metric]
+        m = _text_stats([x["text"] for x in g], refs, bare[:n_metric],
+                        years, index)
+        m["stop_rate"] = float(np.mean([x["stopped"] for x in g]))
+        out[name] = m
+    ref = _text_stats(refs, refs, bare[:n_metric], years, index)
+    ref["stop_rate"] = 1.0
+    out["reference"] = {k: ref[k] for k in (
+        "distinct_1", "distinct_2", "repeated_3gram_rate", "loop_rate",
+        "mean_words", "we_rate", "stop_rate", "anachronism_rate")}
+
+    # Why this decoding: the fine-tuned model on the first few scored
+    # prompts under each alternative, against the chosen decoding's
+    # generations of the same prompts.
+    n_dec = min(16, n_metric)
+    rows = []
+    for label, kw, texts in (
+            [(DECODING_NAME, DECODING, gens["finetuned"][:n_dec])]
+            + [(k, v, None) for k, v in DECODING_ALTERNATIVES.items()]):
+        t0 = time.time()
+        if texts is None:
+            texts, _ = _timed(model, tokenizer, bare[:n_dec], cfg, True, **kw)
+            seconds[f"decoding: {label}"] = time.time() - t0
+        rows.append(dict(
+            decoding=label, parameters=describe_decoding(kw),
+            repeated_3grams=X.mean_repeated_ngram_rate([t["text"] for t in texts]),
+            loop_rate=X.loop_rate([t["text"] for t in texts]),
+            distinct_2=X.distinct_n([t["text"] for t in texts], 2),
+            stop_rate=float(np.mean([t["stopped"] for t in texts])),
+            mean_words=X.mean_length_words([t["text"] for t in texts]),
+            rouge_l=X.rouge_l([t["text"] for t in texts], refs[:n_dec])))
+    r = X.summarize_generations(refs[:n_dec], refs[:n_dec], index)
+    rows.append(dict(decoding="real continuations", parameters="",
+                     repeated_3grams=r["repeated_3gram_rate"],
+                     loop_rate=r["loop_rate"], distinct_2=r["distinct_2"],
+                     stop_rate=1.0, mean_words=r["mean_words"],
+                     rouge_l=1.0))
+    out["decoding_comparison"] = dict(n=n_dec, rows=rows)
+
+    # Records of the shown generations, for the chapter and the assessment.
+    shown = list(show_at) + list(range(n_metric, len(items)))
+    with open(run_path / "generations.jsonl", "w") as f:
+        for i in shown:
+            s = items[i]
+            rec = dict(source="test" if i < n_metric else "new",
+                       id=s["id"], year=s.get("year"), prompt=s["prompt"],
+                       instructed_prompt=told[i][-1],
+                       example_prompt=told[i][0],
+                       reference=s.get("reference", s.get("response"))
+                       if i < n_metric else s.get("reference"),
+                       kind=s.get("kind", "test prompt"))
+            for name in SYSTEMS:
+                rec[name] = gens[name][i]["text"]
+                rec[f"{name}_stopped"] = gens[name][i]["stopped"]
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    out["new_prompts"] = [{k: v for k, v in p.items() if k != "reference"}
+                          for p in new]
+
+    style = None
+    if all(s.get("year") is not None for s in train + scored):
+        style = era_judge(cfg, splits, all_samples, scored,
+                          {k: [g["text"] for g in gens[k][:n_metric]]
+                           for k in SYSTEMS})
+        for k in SYSTEMS:
+            out[k]["era_balanced"] = style[k]["balanced"]
+    return out, style
+
+
+def era_judge(cfg: Config, splits: dict, all_samples, scored: list[dict],
+              texts: dict) -> dict:
+    """Fit the era classifier and score real and generated continuations.
+
+    It learns from every passage of the addresses outside the validation
+    and test splits (not only the training subset), so it has never seen
+    an evaluated address. Eras: `metrics.ERA_BOUNDS`.
+    """
+    held_out = {s["group"] for k in ("validation", "test") for s in splits[k]}
+    pool = [s for s in all_samples if s["group"] not in held_out]
+    clf = X.train_era_classifier([s["response"] for s in pool],
+                                 [s["year"] for s in pool], seed=cfg.seed)
+    years = [s["year"] for s in scored]
+    truth = [X.era_of(y) for y in years]
+    counts = {e: truth.count(e) for e in sorted(set(truth),
+                                                key=lambda e: years[truth.index(e)])}
+    out = dict(bounds=list(X.ERA_BOUNDS), eras=counts,
+               n_train=len(pool), majority=X.majority_accuracy(truth),
+               chance=1 / len(counts))
+    refs = [s["response"] for s in scored]
+    # The finer judge first tried: quarter-centuries, on the real passages.
+    q = X.train_era_classifier([s["response"] for s in pool],
+                               [s["year"] for s in pool], period=25,
+                               seed=cfg.seed)
+    out["quarter_century"] = dict(
+        accuracy=X.era_accuracy(q, refs, years),
+        balanced=X.era_balanced_accuracy(q, refs, years),
+        majority=X.majority_accuracy([X.period_of(y) for y in years]),
+        chance=1 / len({X.period_of(y) for y in years}))
+    for name, t in dict(real=refs, **texts).items():
+        out[name] = dict(accuracy=X.era_accuracy(clf, t, years),
+                         balanced=X.era_balanced_accuracy(clf, t, years))
+    return out
+
+
+# Bumped when what evaluate_run computes changes, so a cached eval.json of
+# an older version is recomputed.
+EVAL_VERSION = 2
 
 
 def evaluate_run(cfg: Config, run: T.Run | None = None, *,
@@ -216,7 +550,8 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
     eval_path = run.path / "eval.json"
     if not force and eval_path.is_file():
         cached = T.read_json(eval_path)
-        if cached.get("config_hash") == cfg.hash():
+        if cached.get("config_hash") == cfg.hash() and \
+                cached.get("eval_version") == EVAL_VERSION:
             if verbose:
                 print(f"Reusing the evaluation in {eval_path}")
             return cached
@@ -233,99 +568,20 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
 
     if verbose:
         print("Scoring test and validation perplexity ...", flush=True)
-    result = dict(config_hash=cfg.hash())
+    result = dict(config_hash=cfg.hash(), eval_version=EVAL_VERSION)
     result["test"] = score_split(model, enc.splits["test"], collator, cfg)
     result["validation"] = score_split(model, enc.splits["validation"],
                                        collator, cfg)
 
-    # A seeded sample of test prompts, with their real continuations: all
-    # are scored against their references (greedy), and a few of them are
-    # shown in the book next to the new prompts, greedy and sampled.
-    # Generation is the slow part of evaluation on a CPU, so the greedy
-    # generations of the shown prompts are those of the scored ones, and
-    # the scored and new prompts decode together in one batch.
-    rng = np.random.default_rng(cfg.seed)
-    test = splits["test"]
-    n_metric = min(cfg.n_metric_prompts, len(test))
-    scored = [test[i] for i in sorted(rng.choice(len(test), n_metric, replace=False))]
-    n_show = min(cfg.n_generation_prompts, n_metric)
-    show_at = sorted(rng.choice(n_metric, n_show, replace=False))
-    shown = [scored[i] for i in show_at]
-    new_prompts = [new_prompt_text(p) for p in NEW_PROMPTS]
-    refs = [s["response"] for s in scored]
-    if verbose:
-        print(f"Generating for {n_metric} test prompts and "
-              f"{len(new_prompts)} new ones (greedy) ...", flush=True)
-    greedy = [s["prompt"] for s in scored] + new_prompts
-    base_g, tuned_g, speed = _gen_pair(model, tokenizer, greedy, cfg,
-                                       batch_size=len(greedy),
-                                       **GEN_SETTINGS["greedy"])
-    speeds = [speed]
-    picked = list(show_at) + list(range(n_metric, len(greedy)))
-    gens = dict(greedy=([base_g[i] for i in picked],
-                        [tuned_g[i] for i in picked]))
-    base_g, tuned_g = base_g[:n_metric], tuned_g[:n_metric]
-    prompts = [s["prompt"] for s in shown] + new_prompts
-    if verbose:
-        print(f"Generating for the {len(prompts)} shown prompts (sampled) ...",
-              flush=True)
-    *gens["sampled"], speed = _gen_pair(model, tokenizer, prompts, cfg,
-                                        **GEN_SETTINGS["sampled"])
-    speeds.append(speed)
-    records = []
-    for setting in GEN_SETTINGS:
-        base, tuned = gens[setting]
-        for j, p in enumerate(prompts):
-            src = shown[j] if j < n_show else None
-            records.append(dict(
-                setting=setting, source="test" if src else "new",
-                id=src["id"] if src else f"new-{j - n_show}",
-                year=src.get("year") if src else NEW_PROMPTS[j - n_show]["year"],
-                prompt=p, reference=src["response"] if src else None,
-                base=base[j]["text"], finetuned=tuned[j]["text"],
-                base_stopped=base[j]["stopped"],
-                finetuned_stopped=tuned[j]["stopped"]))
-    with open(run.path / "generations.jsonl", "w") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-    index = X.build_overlap_index([s["response"] for s in splits["train"]])
-    result["generation"] = dict(
-        settings=dict(max_new_tokens=cfg.gen_max_new_tokens,
-                      greedy=GEN_SETTINGS["greedy"],
-                      sampled=GEN_SETTINGS["sampled"]),
-        n_prompts=n_metric,
-        tokens_per_s=float(np.mean(speeds)))
-    for name, gens in (("base", base_g), ("finetuned", tuned_g)):
-        texts = [g["text"] for g in gens]
-        m = X.summarize_generations(texts, refs, index)
-        m["stop_rate"] = float(np.mean([g["stopped"] for g in gens]))
-        result["generation"][name] = m
-    ref_m = X.summarize_generations(refs, refs, index)
-    result["generation"]["reference"] = {
-        k: ref_m[k] for k in ("distinct_1", "distinct_2",
-                              "repeated_3gram_rate", "mean_words")}
-
-    # Style control: does the text sound like the requested period?
-    if "year" in splits["train"][0]:
-        # The judge learns from every passage of the addresses outside the
-        # evaluated splits (not only the training subset): it is a better
-        # judge that way, and it has never seen a validation or test address.
-        from lorabook import data as D
-        held_out = {s["group"] for k in ("validation", "test") for s in splits[k]}
-        pool = [s for s in D.load_samples(
-            cfg.resolve(cfg.data_path), group_column=cfg.group_column,
-            min_samples=1) if s["group"] not in held_out]
-        clf = X.train_era_classifier([s["response"] for s in pool],
-                                     [s["year"] for s in pool], seed=cfg.seed)
-        years = [s["year"] for s in scored]
-        result["style"] = dict(
-            period_years=25,
-            ceiling=X.era_accuracy(clf, refs, years),
-            base=X.era_accuracy(clf, [g["text"] for g in base_g], years),
-            finetuned=X.era_accuracy(clf, [g["text"] for g in tuned_g], years),
-            majority=max(np.unique([X.period_of(y) for y in years],
-                                   return_counts=True)[1]) / len(years))
+    from lorabook import data as D
+    all_samples = D.load_samples(
+        cfg.resolve(cfg.data_path), text_column=cfg.text_column,
+        prompt_column=cfg.prompt_column, response_column=cfg.response_column,
+        group_column=cfg.group_column, min_samples=1)
+    result["generation"], style = evaluate_generations(
+        model, tokenizer, cfg, splits, all_samples, run.path, verbose)
+    if style is not None:
+        result["style"] = style
     result["eval_runtime_s"] = time.time() - t_start
 
     # Flat keys in the run's metrics.json, as the CLI and book quote them.
@@ -341,15 +597,16 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
         finetuned_val_perplexity=result["validation"]["finetuned"]["perplexity"],
         rouge_l=result["generation"]["finetuned"]["rouge_l"],
         bleu=result["generation"]["finetuned"]["bleu"],
-        base_rouge_l=result["generation"]["base"]["rouge_l"],
-        base_bleu=result["generation"]["base"]["bleu"],
+        base_rouge_l=result["generation"]["base_instructed"]["rouge_l"],
+        base_bleu=result["generation"]["base_instructed"]["bleu"],
+        bare_base_rouge_l=result["generation"]["base"]["rouge_l"],
         stop_rate=result["generation"]["finetuned"]["stop_rate"],
-        base_stop_rate=result["generation"]["base"]["stop_rate"],
+        base_stop_rate=result["generation"]["base_instructed"]["stop_rate"],
     )
     if "style" in result:
-        flat["style_accuracy"] = result["style"]["finetuned"]
-        flat["base_style_accuracy"] = result["style"]["base"]
-        flat["style_ceiling"] = result["style"]["ceiling"]
+        flat["style_accuracy"] = result["style"]["finetuned"]["balanced"]
+        flat["base_style_accuracy"] = result["style"]["base_instructed"]["balanced"]
+        flat["style_ceiling"] = result["style"]["real"]["balanced"]
     result["summary"] = flat
     metrics = dict(run.metrics, **flat)
     T._write_json(run.path / "metrics.json", metrics)

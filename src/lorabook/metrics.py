@@ -23,7 +23,10 @@ __all__ = [
     "mean_length_words",
     "Overlap", "OverlapIndex", "build_overlap_index", "build_ngram_index",
     "longest_overlap", "flag_copies",
-    "period_of", "train_era_classifier", "era_predict", "era_accuracy",
+    "period_of", "era_of", "ERA_BOUNDS", "train_era_classifier",
+    "era_predict", "era_accuracy", "era_balanced_accuracy",
+    "balanced_accuracy", "majority_accuracy", "echo_length",
+    "ANACHRONISMS", "anachronisms", "first_person_plural_rate", "loop_rate",
     "summarize_generations",
 ]
 
@@ -306,7 +309,14 @@ def flag_copies(generations: Sequence[str], index: OverlapIndex,
     return [index.longest(g) >= threshold for g in generations]
 
 
-# --- style control: which quarter-century does a text sound like? ---------
+# --- style control: which era does a text sound like? ---------------------
+
+# Three eras of the addresses, cut at two turning points of American
+# government: the Civil War (1861) and the New Deal (1933). On real test
+# passages a classifier of these eras is right far more often than always
+# guessing the commonest one; on quarter-centuries it was not (chapter 5).
+ERA_BOUNDS = (1861, 1933)
+
 
 def period_of(year: int, period: int = 25) -> str:
     """Label of the `period`-year bin holding `year`: 1790 -> "1775–1799"."""
@@ -316,25 +326,53 @@ def period_of(year: int, period: int = 25) -> str:
     return f"{start}\u2013{start + period - 1}"
 
 
+def era_of(year: int, bounds: Sequence[int] = ERA_BOUNDS) -> str:
+    """Label of the era holding `year`; eras start at each bound.
+
+    era_of(1850) -> "before 1861", era_of(1900) -> "1861\u20131932",
+    era_of(1990) -> "1933 on".
+    """
+    bounds = sorted(bounds)
+    if not bounds:
+        raise LorabookError("era bounds must hold at least one year")
+    y = int(year)
+    if y < bounds[0]:
+        return f"before {bounds[0]}"
+    for lo, hi in zip(bounds, bounds[1:]):
+        if y < hi:
+            return f"{lo}\u2013{hi - 1}"
+    return f"{bounds[-1]} on"
+
+
+def _labeller(period: int | None, bounds):
+    if period is not None:
+        return lambda y: period_of(y, period)
+    return lambda y: era_of(y, bounds)
+
+
 def train_era_classifier(texts: Sequence[str], years: Sequence[int],
-                         period: int = 25, seed: int = 0):
-    """Fit TF-IDF (word 1–2 grams) + logistic regression on period labels.
+                         period: int | None = None,
+                         bounds: Sequence[int] = ERA_BOUNDS, seed: int = 0):
+    """Fit TF-IDF (word 1–2 grams) + logistic regression on era labels.
 
     Used as an automatic judge of style: a generation prompted with a year
-    should be classified into that year's period. Returns a fitted
-    scikit-learn Pipeline; its `period` attribute records the bin width.
+    should be classified into that year's era. The labels are the eras of
+    `bounds` (`era_of`), or `period`-year bins when `period` is given.
+    Returns a fitted scikit-learn Pipeline; its `label` attribute maps a
+    year to its label.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
     _check_pair(texts, years)
-    labels = [period_of(y, period) for y in years]
+    label = _labeller(period, bounds)
+    labels = [label(y) for y in years]
     if len(set(labels)) < 2:
         raise LorabookError(
-            f"the era classifier needs texts from at least 2 periods of "
-            f"{period} years, but all {len(labels)} fall in "
-            f"{labels[0]}; use more varied years or a shorter period")
+            f"the era classifier needs texts from at least 2 eras, but all "
+            f"{len(labels)} fall in {labels[0]}; use more varied years or "
+            f"other era bounds")
     clf = Pipeline([
         ("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True,
                                   min_df=2)),
@@ -350,23 +388,110 @@ def train_era_classifier(texts: Sequence[str], years: Sequence[int],
         raise LorabookError(
             f"could not fit the era classifier on {len(labels)} texts "
             f"({exc}); it needs more (and non-empty) texts") from exc
+    clf.label = label
     clf.period = period
     return clf
 
 
 def era_predict(clf, texts: Sequence[str]) -> list[str]:
-    """Predicted period label for each text."""
+    """Predicted era label for each text."""
     _check_texts(texts)
     return list(clf.predict([t or "" for t in texts]))
 
 
+def _truth(clf, years):
+    label = getattr(clf, "label", None) or _labeller(
+        getattr(clf, "period", 25), ERA_BOUNDS)
+    return [label(y) for y in years]
+
+
 def era_accuracy(clf, texts: Sequence[str], years: Sequence[int]) -> float:
-    """Share of texts classified into the period of their year."""
+    """Share of texts classified into the era of their year."""
     _check_pair(texts, years)
-    period = getattr(clf, "period", 25)
-    truth = [period_of(y, period) for y in years]
+    truth = _truth(clf, years)
     pred = era_predict(clf, texts)
     return float(np.mean([p == t for p, t in zip(pred, truth)]))
+
+
+def era_balanced_accuracy(clf, texts: Sequence[str],
+                          years: Sequence[int]) -> float:
+    """Mean over the true eras present of the share classified right.
+
+    Unlike plain accuracy it does not reward always answering the
+    commonest era: that strategy scores 1 / (number of eras present).
+    """
+    _check_pair(texts, years)
+    truth = _truth(clf, years)
+    pred = era_predict(clf, texts)
+    return balanced_accuracy(truth, pred)
+
+
+def balanced_accuracy(truth: Sequence, pred: Sequence) -> float:
+    """Mean per-class recall over the classes present in `truth`."""
+    _check_pair(list(map(str, pred)), list(map(str, truth)))
+    recalls = []
+    for c in sorted(set(truth)):
+        idx = [i for i, t in enumerate(truth) if t == c]
+        recalls.append(np.mean([pred[i] == c for i in idx]))
+    return float(np.mean(recalls))
+
+
+def majority_accuracy(labels: Sequence) -> float:
+    """Accuracy of always guessing the commonest label (the floor)."""
+    if len(labels) == 0:
+        raise LorabookError("nothing to score: the label list is empty")
+    _, counts = np.unique(list(labels), return_counts=True)
+    return float(counts.max() / len(labels))
+
+
+# --- echo, voice and anachronism: checks a reader of the outputs makes ----
+
+_WE = {"we", "our", "us", "ours", "ourselves"}
+
+
+def first_person_plural_rate(texts: Sequence[str]) -> float:
+    """Share of texts that use "we", "our", "us", "ours" or "ourselves"."""
+    _check_texts(texts)
+    return float(np.mean([bool(_WE & set(words(t))) for t in texts]))
+
+
+def loop_rate(texts: Sequence[str], threshold: float = 0.2, n: int = 3) -> float:
+    """Share of texts whose repeated n-gram rate is above `threshold`."""
+    _check_texts(texts)
+    return float(np.mean([repeated_ngram_rate(t, n) > threshold
+                          for t in texts]))
+
+
+
+def echo_length(generation: str, prompt: str) -> int:
+    """Longest run of words a generation repeats from its own prompt."""
+    if not generation or not prompt:
+        return 0
+    return OverlapIndex([prompt]).longest(generation)
+
+
+# Words for things that did not exist (under that name) before a year; a
+# passage for an earlier year that uses one is anachronistic. A short,
+# checkable list, not a knowledge base: it finds some slips, never all.
+ANACHRONISMS = {
+    "soviet": 1917, "communism": 1848, "nuclear": 1945, "atomic bomb": 1945,
+    "united nations": 1942, "world war": 1914, "airplane": 1903,
+    "aircraft": 1903, "automobile": 1890, "television": 1927, "radio": 1900,
+    "computer": 1945, "internet": 1983, "telephone": 1876,
+    "railroad": 1827, "telegraph": 1837, "social security": 1935,
+    "medicare": 1965, "terrorism": 1795, "climate change": 1975,
+    "artificial intelligence": 1956, "covid": 2019, "astronaut": 1959,
+}
+
+
+def anachronisms(text: str, year: int | None,
+                 lexicon: dict[str, int] = ANACHRONISMS) -> list[str]:
+    """Terms of `lexicon` that `text` uses before their first year."""
+    if year is None or not text:
+        return []
+    padded = " " + " ".join(words(text)) + " "
+    return sorted(t for t, first in lexicon.items()
+                  if int(year) < first and f" {t}" in padded)
 
 
 # --- everything chapter 5 tabulates ---------------------------------------
@@ -374,18 +499,38 @@ def era_accuracy(clf, texts: Sequence[str], years: Sequence[int]) -> float:
 def summarize_generations(generations: Sequence[str],
                           references: Sequence[str],
                           train_index: OverlapIndex,
-                          copy_threshold: int = 12) -> dict:
-    """All the text metrics for one set of generations, as a flat dict."""
+                          copy_threshold: int = 12,
+                          prompts: Sequence[str] | None = None,
+                          years: Sequence[int | None] | None = None,
+                          echo_words: int = 6) -> dict:
+    """All the text metrics for one set of generations, as a flat dict.
+
+    With `prompts`, also the share of generations that repeat `echo_words`
+    or more words of their own prompt; with `years`, the share that use a
+    term before its time (`anachronisms`).
+    """
     _check_pair(generations, references)
     _check_index(train_index)
     overlaps = [train_index.longest(g) for g in generations]
-    return {
+    out = {
         "rouge_l": rouge_l(generations, references),
         "bleu": bleu(generations, references),
         "distinct_1": distinct_n(generations, 1),
         "distinct_2": distinct_n(generations, 2),
         "repeated_3gram_rate": mean_repeated_ngram_rate(generations, 3),
+        "loop_rate": loop_rate(generations),
         "mean_words": mean_length_words(generations),
+        "we_rate": first_person_plural_rate(generations),
         "max_overlap": int(max(overlaps)),
         "copies": int(sum(o >= copy_threshold for o in overlaps)),
     }
+    if prompts is not None:
+        _check_pair(generations, prompts)
+        out["echo_rate"] = float(np.mean(
+            [echo_length(g, (p or "").split("\n", 1)[-1]) >= echo_words
+             for g, p in zip(generations, prompts)]))
+    if years is not None:
+        _check_pair(generations, list(years))
+        out["anachronism_rate"] = float(np.mean(
+            [bool(anachronisms(g, y)) for g, y in zip(generations, years)]))
+    return out
