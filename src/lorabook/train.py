@@ -458,10 +458,13 @@ def fit(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds, *,
     """
     trainer = make_trainer(cfg, out, model, tokenizer, train_ds, val_ds, verbose)
     # LoRA's B starts at 0: before training this is the base model.
+    # (Every rank evaluates: under torchrun only rank 0 writes the file.)
     base = out / "base_eval.json"
-    if not base.is_file():
-        _write_json(base, trainer.evaluate())
-    base_loss = read_json(base)["eval_loss"]
+    if base.is_file():
+        base_loss = read_json(base)["eval_loss"]
+    else:
+        base_loss = trainer.evaluate()["eval_loss"]
+        _write_json(base, {"eval_loss": base_loss})
     checkpoint = resume and any((out / "checkpoints").glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if checkpoint else None)
     if is_main_process():
