@@ -577,7 +577,6 @@ def reload_check(cfg: Config, model, adapter_dir, batch: dict) -> float:
     """Max |logit difference| between `model` (as training left it) and the
     adapter in `adapter_dir` reloaded onto a fresh 8-bit base. Raises when
     it exceeds RELOAD_TOLERANCE."""
-    reloaded = M.load_trained_model(cfg, adapter_dir)
     dev = next(model.parameters()).device
     batch = {k: v.to(dev) for k, v in batch.items()}
     was_training = model.training
@@ -586,11 +585,17 @@ def reload_check(cfg: Config, model, adapter_dir, batch: dict) -> float:
     # the reloaded model gets the same, so both compute the same products.
     half = (torch.bfloat16 if M.use_bf16(cfg) else torch.float16
             if M.use_fp16(cfg) else None)
-    with torch.no_grad(), torch.autocast(dev.type, dtype=half or torch.float32,
-                                         enabled=half is not None):
+    autocast = torch.autocast(dev.type, dtype=half or torch.float32,
+                              enabled=half is not None)
+    with torch.no_grad(), autocast:
         a = model(**batch).logits.float()
-        b = reloaded(**batch).logits.float()
     model.train(was_training)
+    if dev.type == "cpu":
+        M.release_free_memory()     # training's freed buffers, before a load
+    reloaded = M.load_trained_model(cfg, adapter_dir)
+    with torch.no_grad(), autocast:
+        b = reloaded(**batch).logits.float()
+    del reloaded
     diff = (a - b).abs().max().item()
     if not diff <= RELOAD_TOLERANCE:
         raise LorabookError(
