@@ -46,6 +46,8 @@ __all__ = ["linear_cross_entropy", "rms_norm", "silu_mul", "MaskDropout",
 # --------------------------------------------------------------------------
 # LM head + cross-entropy
 
+# Adapted from the idea of Liger Kernel's fused linear cross-entropy (logits
+# in chunks, gradient taken in the forward pass): plain PyTorch, frozen head.
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, target, compute_dtype, chunk, need_grad):
@@ -103,6 +105,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
 # --------------------------------------------------------------------------
 # RMSNorm (transformers' LlamaRMSNorm)
 
+# Adapted from transformers' LlamaRMSNorm (forward) and the standard RMSNorm
+# derivative: a hand-written backward that keeps only the input.
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):
@@ -138,6 +142,8 @@ def _rms_norm_forward(self, hidden_states):
 # --------------------------------------------------------------------------
 # SwiGLU: silu(gate) * up
 
+# Adapted from transformers' LlamaMLP (act(gate) * up): a backward that
+# keeps only gate and up and calls PyTorch's silu_backward.
 class _SiluMul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate, up):

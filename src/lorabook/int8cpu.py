@@ -375,6 +375,9 @@ def quantize_model_8bit(model: nn.Module, skip: Iterable[str] = ("lm_head",),
 # --------------------------------------------------------------------------
 # bitsandbytes' own int8 weights, multiplied the Int8Linear way on the CPU.
 
+# Adapted from bitsandbytes' Linear8bitLt (its weight codes CB and row
+# absmax SCB, W = CB * SCB / 127): read as they are, multiplied by our own
+# de-quantize-then-matmul product instead of its CPU kernel.
 def bnb_int8_state(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 codes [out, in], fp32 row scales [out]) of a bitsandbytes
     ``Linear8bitLt``, so that W ~ codes * scale[:, None].

@@ -105,6 +105,9 @@ def _atomic_dir(target: Path, build) -> Path:
     return target
 
 
+# Adapted from transformers' GGUF loading docs (from_pretrained with
+# gguf_file=): re-built with from_config + load_state_dict + tie_weights,
+# the GGUF quantization config dropped, cached under the file's SHA-256.
 def convert_bundled_model() -> Path:
     """Convert the bundled GGUF into a safetensors checkpoint, once."""
     gguf = bundled_gguf()

@@ -47,6 +47,9 @@ def prompt_ids(prompt: str, tokenizer) -> list[int]:
     return ids
 
 
+# Adapted from the assignment's prompt-masking example (labels[:prompt_len]
+# = -100): prompt and response tokenized apart and joined, EOS appended,
+# the response truncated from the right, a sample without room dropped.
 def encode(prompt: str, response: str, tokenizer, max_length: int) -> dict | None:
     """One training example, or None if truncation would leave no response.
 

@@ -343,6 +343,8 @@ class LeanLoop:
         return losses, times
 
 
+# Adapted from the transformers Trainer docs (subclass, override
+# compute_loss): the loss is label_only_loss instead of model(**inputs).loss.
 def trainer_class():
     """`transformers.Trainer` whose loss skips the LM head where no label
     needs it (`label_only_loss`); everything else is the Trainer's own."""
@@ -387,6 +389,9 @@ def n_evaluations(cfg: Config, n_train: int) -> int:
     return steps // every + (1 if steps % every else 0)
 
 
+# Adapted from the assignment's TrainingArguments example and the PEFT
+# docs: step-based evaluation and saving (n_evals), label_names for PEFT,
+# the best checkpoint restored, mixed precision by device.
 def training_arguments(cfg: Config, out: Path, n_train: int):
     """The Trainer's settings, every one written out (chapter 3)."""
     from transformers import TrainingArguments
@@ -450,6 +455,8 @@ def make_trainer(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds,
     return trainer
 
 
+# Adapted from the PEFT quicktour's Trainer loop (train, save_pretrained):
+# the base model evaluated first, resume from the last checkpoint.
 def fit(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds, *,
         resume: bool = False, verbose: bool = True):
     """Train, save the adapter, and check that the saved adapter reloads.
