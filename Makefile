@@ -6,7 +6,9 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.lorabook-setup
-NAME    ?= Lastname_Firstname
+# make submission NAME=Lastname_Firstname: only needed while _config.yml
+# still has the placeholder author (see README, "Submitting").
+NAME    ?=
 APT_PKGS := texlive-latex-recommended texlive-latex-extra texlive-xetex \
             texlive-fonts-recommended latexmk tex-gyre fonts-dejavu-core \
             poppler-utils libtcmalloc-minimal4
@@ -60,8 +62,14 @@ test-fast: setup
 bench: setup
 	$(WITH_ALLOC) $(BIN)/lorabook bench
 
-submission: book
-	$(BIN)/lorabook submission --name $(NAME)
+# The PDF is rebuilt with the author of _config.yml (or NAME, in place of
+# the placeholder) on its title page; the notebooks come from the cache.
+submission: setup html
+	@set -e; AUTHOR="$$($(BIN)/python -m lorabook.submission --author \
+	    $(if $(NAME),--name '$(NAME)'))"; \
+	LORABOOK_AUTHOR="$$AUTHOR" $(WITH_ALLOC) $(BIN)/jupyter-book build book \
+	    --builder pdflatex
+	$(BIN)/python -m lorabook.submission $(if $(NAME),--name '$(NAME)')
 
 clean:
 	rm -rf book/_build runs .cache

@@ -4,8 +4,8 @@ Runs `lorabook.bench`'s child process for each named recipe or variant
 (each in a fresh process, so peak RSS is its own), on the same batch plan,
 alternating them `--reps` times so that drift of the machine hits all of
 them alike, and prints one line per run plus the ratio of each to the
-first name. Use it to measure one lever against a baseline; the book's
-appendix on performance uses `lorabook bench` instead.
+first name. Use it to measure one lever against a baseline; `lorabook
+bench` (benchmarks/README.md) measures them all at once.
 
     .venv/bin/python benchmarks/ab_recipes.py lorabook lorabook_unfused
     .venv/bin/python benchmarks/ab_recipes.py lorabook reference --steps 4 --reps 1

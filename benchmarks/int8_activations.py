@@ -22,7 +22,7 @@ speed.
 Run on the 2-core build machine (2026-12-02, torch 2.13.0+cpu, 2 threads):
 in two runs fbgemm gave 187-242 GFLOP/s against oneDNN's 122-150 (1.3-1.6x),
 with a relative error of 2.1-2.2% (1.5-1.6% per row) against 4e-7 for fp32. lorabook does not use it
-(appendix on performance, "Tried and left out").
+(benchmarks/README.md, "Tried and left out").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Figures of the training benchmark (appendix A5): matplotlib Figures.
+"""Figures of the training benchmark (`make bench`, benchmarks/README.md): matplotlib Figures.
 
 Kept apart from `plots.py` (the report's chapters); the seaborn theme is
 set inside each function, never on import.

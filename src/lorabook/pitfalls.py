@@ -1,10 +1,11 @@
-"""Pitfalls (appendix A2): known mistakes, each run the wrong way and ours.
+"""Pitfalls (the book's first appendix): known mistakes, each run the wrong
+way and lorabook's way.
 
 Every function here reproduces one mistake that users of the popular
-fine-tuning tools report (see /work/shared/PITFALLS.md for the issue
-numbers) next to what lorabook does instead, on real samples, and returns
-numbers a chapter can put in a table. The appendix `book/A2_pitfalls.md`
-calls them; `tests/test_pitfalls.py` checks that the wrong way really is
+fine-tuning tools report next to what lorabook does instead, on real
+samples, and returns numbers a chapter can put in a table. The appendix
+`book/A1_pitfalls.md` calls those of 1-3 and 6 (4, 5 and the trained
+leakage comparison are kept for reruns and tests); `tests/test_pitfalls.py` checks that the wrong way really is
 wrong and the right way right.
 
 1. a prompt/response boundary found by searching for a response template
@@ -225,9 +226,10 @@ def eos_label_counts(dataset, tokenizer, batch_size: int = 16) -> list[dict]:
 
 @torch.no_grad()
 def eos_end_probability(model, dataset, collator, eos_token_id: int,
-                        batch_size: int = 16) -> float:
+                        batch_size: int = 16, per_sample: bool = False):
     """Mean probability the model gives the EOS right after a reference
-    response (teacher-forced), over the examples that end in EOS."""
+    response (teacher-forced), over the examples that end in EOS; with
+    `per_sample`, the array of those probabilities, one per example."""
     probs = []
     for _, labels, logits in E.shifted_logits(model, dataset, collator,
                                                batch_size):
@@ -236,7 +238,24 @@ def eos_end_probability(model, dataset, collator, eos_token_id: int,
             if len(where):
                 t = int(where[-1])
                 probs.append(float(torch.softmax(row[t], -1)[eos_token_id]))
+    if per_sample:
+        return np.array(probs, dtype=float)
     return float(np.mean(probs)) if probs else float("nan")
+
+
+def paired_ratio_ci(a, b, n_boot: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> dict:
+    """Ratio of means mean(a) / mean(b) of paired per-sample values, with a
+    percentile bootstrap CI (the same resampled samples for both), and the
+    share of samples where a > b."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    ratios = a[idx].mean(1) / np.maximum(b[idx].mean(1), 1e-300)
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return dict(ratio=float(a.mean() / max(b.mean(), 1e-300)),
+                ci_low=float(lo), ci_high=float(hi), n=len(a),
+                share_higher=float((a > b).mean()))
 
 
 EOS_CASES = (
@@ -249,7 +268,8 @@ def eos_training_comparison(cfg: Config, train_ds, held_out: list[dict],
                             tokenizer, *, epochs: int = 1,
                             max_new_tokens: int | None = None,
                             gen_batch_size: int = 32,
-                            with_base: bool = True) -> list[dict]:
+                            with_base: bool = True,
+                            generate: bool = True) -> list[dict]:
     """Train LoRA twice on `train_ds`, once with every EOS label masked.
 
     The wrong way is what a collator that masks padding by id does when
@@ -263,8 +283,10 @@ def eos_training_comparison(cfg: Config, train_ds, held_out: list[dict],
     Returns one row per model (the base first, with its adapter off, if
     `with_base`): EOS labels trained on, the share of generations that
     stopped by themselves, their mean length in new tokens (EOS counted),
-    the mean EOS probability after the reference, and the seconds spent
-    training and generating.
+    the mean EOS probability after the reference (and, per sample,
+    `eos_probabilities`), and the seconds spent training and generating.
+    `generate=False` skips the generations (their fields are then None):
+    the teacher-forced EOS probability alone is cheap.
     """
     max_new_tokens = max_new_tokens or cfg.gen_max_new_tokens
     eos = tokenizer.eos_token_id
@@ -277,17 +299,23 @@ def eos_training_comparison(cfg: Config, train_ds, held_out: list[dict],
         t0 = time.perf_counter()
         gens = E.generate(model, tokenizer, prompts,
                           max_new_tokens=max_new_tokens,
-                          batch_size=gen_batch_size)
+                          batch_size=gen_batch_size) if generate else None
         gen_s = time.perf_counter() - t0
+        p_eos = eos_end_probability(model, ref, collator, eos,
+                                    per_sample=True)
         return dict(
             model=name, eos_labels_trained=info.get("eos_labels", 0),
-            stop_share=float(np.mean([g["stopped"] for g in gens])),
-            mean_new_tokens=float(np.mean([g["n_tokens"] for g in gens])),
-            eos_probability=eos_end_probability(model, ref, collator, eos),
+            stop_share=float(np.mean([g["stopped"] for g in gens]))
+            if gens else None,
+            mean_new_tokens=float(np.mean([g["n_tokens"] for g in gens]))
+            if gens else None,
+            eos_probability=float(np.mean(p_eos)) if len(p_eos)
+            else float("nan"),
+            eos_probabilities=p_eos,
             prompts=len(prompts), max_new_tokens=max_new_tokens,
             train_steps=info.get("steps", 0),
             train_s=info.get("seconds", 0.0), generate_s=gen_s,
-            generations=[g["text"] for g in gens])
+            generations=[g["text"] for g in gens] if gens else None)
 
     rows = []
     for name, wrong in EOS_CASES:
@@ -513,13 +541,18 @@ def overlap_stats(test: list[dict], train: list[dict], n: int = 3) -> dict:
 
 
 def split_leakage(samples: list[dict], *, seed: int, n_test: int = 200,
-                  n_train: int = 1200, repeats: int = 5) -> list[dict]:
+                  n_train: int = 1200, repeats: int = 5,
+                  n_test_groups: int | None = None) -> list[dict]:
     """Overlap of one test set with an address-split and a passage-split
-    training set, averaged over `repeats` seeded draws."""
+    training set, averaged over `repeats` seeded draws (each draw its own
+    test set of `n_test` passages of `n_test_groups` addresses, default a
+    tenth of them). Each row also keeps the per-draw values of every
+    measure under `draws`."""
     rows = {}
     for r in range(repeats):
         sp = passage_vs_address_split(samples, seed=seed + r, n_test=n_test,
-                                      n_train=n_train)
+                                      n_train=n_train,
+                                      n_test_groups=n_test_groups)
         for split in ("address", "passage"):
             st = overlap_stats(sp["test"], sp[split])
             same = {s["group"] for s in sp["test"]}
@@ -529,7 +562,8 @@ def split_leakage(samples: list[dict], *, seed: int, n_test: int = 200,
             for k, v in st.items():
                 rows.setdefault(split, {}).setdefault(k, []).append(v)
     return [dict(split=f"by {k}", **{m: float(np.mean(v))
-                                      for m, v in d.items()})
+                                      for m, v in d.items()},
+                 draws={m: [float(x) for x in v] for m, v in d.items()})
             for k, d in rows.items()]
 
 
@@ -622,13 +656,16 @@ def leakage_training_comparison(cfg: Config, samples: list[dict], tokenizer,
 # --------------------------------------------------------------------------
 
 def trained_demo_sizes(cfg: Config) -> dict:
-    """Slice sizes of the trained comparisons: a few minutes on a 2-core
-    CPU for the default preset, seconds for the tiny one."""
+    """Slice sizes of the trained comparisons: about two minutes on a
+    2-core CPU for the default preset, seconds for the tiny one. The book
+    trains only the EOS pair (`eos_train` samples; `eos_prompts` held-out
+    samples are scored); the leakage sizes serve `lorabook`'s tests and
+    anyone who reruns `leakage_training_comparison`."""
     if cfg.preset == "tiny":
         return dict(eos_train=32, eos_prompts=8, eos_epochs=2,
                     leak_train=32, leak_test=16, leak_test_groups=2,
                     leak_groups=6, leak_epochs=1)
-    return dict(eos_train=96, eos_prompts=16, eos_epochs=1,
+    return dict(eos_train=96, eos_prompts=64, eos_epochs=1,
                 leak_train=96, leak_test=48, leak_test_groups=4,
                 leak_groups=12, leak_epochs=1)
 

@@ -1,4 +1,6 @@
-"""Book helpers (every chapter): quiet setup, real tables, glue, timings.
+"""Book helpers (every chapter): quiet setup, real tables, glue, timings;
+the student's name and code link from _config.yml (`student`, read by the
+Sphinx extension `lorabook.sphinx_ext` and by `make submission`).
 
 Chapters call `setup()` first. Tables are shown as Markdown so that they
 become real tables in both the HTML and the PDF (a DataFrame would print as
@@ -81,11 +83,10 @@ def glue_all(values: dict, prefix: str = "") -> None:
 
 
 def book_info() -> dict:
-    """Author, title and code link from the top-level _config.yml."""
-    import yaml
-    cfg = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())
-    return dict(author=cfg.get("author", ""), title=cfg.get("title", ""),
-                code_url=(cfg.get("repository") or {}).get("url", ""))
+    """Author, title and code link (`student()`, from _config.yml)."""
+    info = student()
+    return dict(author=info["author"], title=info["title"],
+                code_url=info["code_url"])
 
 
 def _timings_path(cfg: Config) -> Path:
@@ -114,3 +115,104 @@ def stage(cfg: Config, name: str):
 def timings(cfg: Config) -> dict:
     path = _timings_path(cfg)
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# --------------------------------------------------------------------------
+# The student's name and code link: set once, in _config.yml
+# --------------------------------------------------------------------------
+
+# The placeholders _config.yml ships with; a build that still has them says
+# so at its start and its end.
+PLACEHOLDER_AUTHOR = "Firstname Lastname"
+PLACEHOLDER_CODE_URL = "https://github.com/YOUR-ACCOUNT/lorabook"
+# `make submission NAME=Lastname_Firstname` builds the PDF with that name
+# when _config.yml still has the placeholder author (submission.py).
+AUTHOR_ENV = "LORABOOK_AUTHOR"
+
+
+def student(root: Path = REPO_ROOT) -> dict:
+    """Author and code link: `author` and `repository.url` of _config.yml.
+
+    $LORABOOK_AUTHOR replaces the author (the submission build sets it).
+    `placeholders` lists what is still the shipped placeholder.
+    """
+    import yaml
+    cfg = yaml.safe_load((root / "_config.yml").read_text())
+    author = os.environ.get(AUTHOR_ENV) or str(cfg.get("author") or "")
+    url = str((cfg.get("repository") or {}).get("url") or "")
+    placeholders = []
+    if author.strip() in ("", PLACEHOLDER_AUTHOR):
+        placeholders.append(f"author ({author!r})")
+    if url.strip() in ("", PLACEHOLDER_CODE_URL):
+        placeholders.append(f"repository.url ({url!r})")
+    return dict(author=author, code_url=url, title=cfg.get("title", ""),
+                placeholders=placeholders)
+
+
+def placeholder_warning(info: dict) -> str:
+    """The warning a build with placeholders prints ('' when none)."""
+    if not info["placeholders"]:
+        return ""
+    keys = " and ".join(f"`{p.split()[0]}`" for p in info["placeholders"])
+    return ("WARNING (lorabook): the title page still shows the placeholder "
+            + " and ".join(info["placeholders"])
+            + f": set {keys} in _config.yml (README, \"Submitting\"), "
+            "then rebuild.")
+
+
+def machine_summary() -> str:
+    """What this build ran on: CPU model, logical CPUs, GPU (or none)."""
+    import platform
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpu = cpu or platform.processor() or platform.machine()
+    text = f"{cpu}, {os.cpu_count()} logical CPUs"
+    try:
+        import torch
+        if torch.cuda.is_available():
+            names = [torch.cuda.get_device_name(i)
+                     for i in range(torch.cuda.device_count())]
+            text += ", GPU: " + ", ".join(names)
+        else:
+            text += ", no GPU"
+    except ImportError:
+        pass
+    return text
+
+
+def build_note(cfg: Config) -> str:
+    """One sentence on what kind of build this is, for the introduction."""
+    if cfg.preset == "tiny":
+        return ("This copy was built with the test configuration: a tiny, "
+                "randomly initialised model on a few samples, so its numbers "
+                "show that the pipeline runs, not what fine-tuning achieves.")
+    if cfg.preset == "full":
+        return ("This copy trained on the whole training split; chapter 4 "
+                "gives how long that took.")
+    return "Chapter 4 gives how long the training took on it."
+
+
+def sig(x: float, digits: int = 4) -> str:
+    """`x` for prose with at most `digits` significant digits: 27.61,
+    0.005123, 10.83; a number of `digits` or more integer digits is
+    rounded to a whole number with thousands separators (49,597)."""
+    import math
+    x = float(x)
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    exponent = math.floor(math.log10(abs(x)))
+    decimals = max(0, digits - 1 - exponent)
+    text = f"{x:,.{decimals}f}"
+    # Rounding may carry into a new digit (9.9996 -> 10.000): one fewer.
+    if decimals and len(text.replace(",", "").replace(".", "")
+                        .replace("-", "").lstrip("0")) > digits:
+        text = f"{x:,.{decimals - 1}f}"
+    return text

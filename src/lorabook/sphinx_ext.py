@@ -1,0 +1,69 @@
+"""Sphinx extension of the book (`sphinx.extra_extensions` in _config.yml).
+
+Puts the student's name and code link, set once in _config.yml
+(`report.student`), on the LaTeX title page (Sphinx's `author` and
+`release`, shown after "Code:"), in the PDF's page headers and in the
+MyST substitutions `{{ author }}` and `{{ code_url }}` the introduction
+uses; a build that still has the shipped placeholders says so in red at
+its start and its end.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorabook.report import placeholder_warning, student
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"),
+                 ("$", r"\$"), ("#", r"\#"), ("_", r"\_"), ("{", r"\{"),
+                 ("}", r"\}"), ("~", r"\textasciitilde{}"),
+                 ("^", r"\textasciicircum{}")):
+        text = text.replace(a, b)
+    return text
+
+
+def _config_inited(app, config) -> None:
+    from sphinx.util import logging as slog
+    from sphinx.util.console import red
+    info = student(Path(app.confdir).resolve().parent)
+    # The LaTeX title page reads author and release (shown after
+    # `releasename`, "Code:"); the chapters read the MyST substitutions.
+    config.author = info["author"]
+    config.release = info["code_url"]
+    config.version = ""
+    config.myst_substitutions = dict(config.myst_substitutions or {},
+                                     author=info["author"],
+                                     code_url=info["code_url"])
+    # Page headers: the author and the code link on every page.
+    elements = dict(config.latex_elements or {})
+    elements["preamble"] = elements.get("preamble", "") + (
+        "\n\\makeatletter\\fancypagestyle{normal}{\\fancyhf{}"
+        "\\fancyfoot[R]{{\\py@HeaderFamily\\thepage}}"
+        "\\fancyfoot[L]{{\\py@HeaderFamily\\nouppercase{\\rightmark}}}"
+        "\\fancyhead[L]{{\\py@HeaderFamily "
+        + _latex_escape(info["author"]) + "}}"
+        "\\fancyhead[R]{{\\py@HeaderFamily\\small\\url{"
+        + info["code_url"].replace("%", r"\%").replace("#", r"\#") + "}}}"
+        "\\renewcommand{\\headrulewidth}{0.4pt}"
+        "\\renewcommand{\\footrulewidth}{0.4pt}}\\makeatother\n")
+    config.latex_elements = elements
+    app.lorabook_warning = placeholder_warning(info)
+    if app.lorabook_warning:
+        # Not a Sphinx warning: a strict (-W) test build with the shipped
+        # placeholders must still pass; printed in red at start and end.
+        slog.getLogger(__name__).info(red(app.lorabook_warning))
+
+
+def _build_finished(app, exc) -> None:
+    from sphinx.util import logging as slog
+    from sphinx.util.console import red
+    if getattr(app, "lorabook_warning", ""):
+        slog.getLogger(__name__).info(red(app.lorabook_warning))
+
+
+def setup(app):
+    """Sphinx extension (`sphinx.extra_extensions` in _config.yml)."""
+    app.connect("config-inited", _config_inited)
+    app.connect("build-finished", _build_finished)
+    return dict(parallel_read_safe=True, parallel_write_safe=True)
