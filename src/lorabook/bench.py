@@ -1,4 +1,4 @@
-"""Training benchmark (appendix A5, `lorabook bench`): reference vs lorabook.
+"""Training benchmark (`make bench`, benchmarks/README.md): reference vs lorabook.
 
 Trains, side by side and each in its own subprocess (so that its peak RSS is
 its own), the assignment's recipe and lorabook's default recipe on the same
