@@ -154,6 +154,9 @@ def test_echo_voice_loops_and_anachronisms():
     assert M.anachronisms("the railroad and the telegraph", 1830) == [
         "telegraph"]
     assert M.anachronisms("anything", None) == []
+    assert M.meta_rate(["The speech is a fitting tribute.",
+                        "Here's the next passage:", "We act now."]) \
+        == pytest.approx(2 / 3)
 
 
 def test_summarize_generations_keys_and_values():
@@ -162,7 +165,7 @@ def test_summarize_generations_keys_and_values():
                                   ["the union is strong", "x"], index)
     assert set(out) == {"rouge_l", "bleu", "distinct_1", "distinct_2",
                         "repeated_3gram_rate", "loop_rate", "mean_words",
-                        "we_rate", "max_overlap", "copies"}
+                        "we_rate", "meta_rate", "max_overlap", "copies"}
     assert out["max_overlap"] == 4 and out["copies"] == 0
     assert out["rouge_l"] == pytest.approx(0.5)
     assert out["mean_words"] == 2.0

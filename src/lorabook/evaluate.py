@@ -444,7 +444,8 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
     ref["stop_rate"] = 1.0
     out["reference"] = {k: ref[k] for k in (
         "distinct_1", "distinct_2", "repeated_3gram_rate", "loop_rate",
-        "mean_words", "we_rate", "stop_rate", "anachronism_rate")}
+        "mean_words", "we_rate", "stop_rate", "anachronism_rate",
+        "meta_rate")}
 
     # Why this decoding: the fine-tuned model on the first few scored
     # prompts under each alternative, against the chosen decoding's
@@ -473,6 +474,26 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
                      stop_rate=1.0, mean_words=r["mean_words"],
                      rouge_l=1.0))
     out["decoding_comparison"] = dict(n=n_dec, rows=rows)
+
+    # Why one worked example: the base model with the instruction alone on
+    # the same prompts, against the bare and the instructed generations.
+    t0 = time.time()
+    zero, _ = _timed(model, tokenizer, [instructed_prompt(p) for p in
+                                        bare[:n_dec]], cfg, False, **DECODING)
+    seconds["instruction alone"] = time.time() - t0
+    rows = []
+    for label, texts in (("bare prompt", gens["base"][:n_dec]),
+                         ("instruction alone", zero),
+                         ("instruction + one example", gens["base_instructed"][:n_dec]),
+                         ("real continuations", None)):
+        tx = refs[:n_dec] if texts is None else [t["text"] for t in texts]
+        rows.append(dict(
+            base_model_prompt=label, rouge_l=X.rouge_l(tx, refs[:n_dec]),
+            talks_about_the_task=X.meta_rate(tx),
+            stop_rate=1.0 if texts is None else
+            float(np.mean([t["stopped"] for t in texts])),
+            mean_words=X.mean_length_words(tx)))
+    out["instruction_comparison"] = dict(n=n_dec, rows=rows)
 
     # Records of the shown generations, for the chapter and the assessment.
     shown = list(show_at) + list(range(n_metric, len(items)))
@@ -540,7 +561,7 @@ def era_judge(cfg: Config, splits: dict, all_samples, scored: list[dict],
 
 # Bumped when what evaluate_run computes changes, so a cached eval.json of
 # an older version is recomputed.
-EVAL_VERSION = 2
+EVAL_VERSION = 3
 
 
 def evaluate_run(cfg: Config, run: T.Run | None = None, *,

@@ -26,7 +26,7 @@ __all__ = [
     "period_of", "era_of", "ERA_BOUNDS", "train_era_classifier",
     "era_predict", "era_accuracy", "era_balanced_accuracy",
     "balanced_accuracy", "majority_accuracy", "echo_length",
-    "ANACHRONISMS", "anachronisms", "first_person_plural_rate", "loop_rate",
+    "ANACHRONISMS", "anachronisms", "first_person_plural_rate", "loop_rate", "META_PHRASES", "meta_rate",
     "summarize_generations",
 ]
 
@@ -455,6 +455,21 @@ def first_person_plural_rate(texts: Sequence[str]) -> float:
     return float(np.mean([bool(_WE & set(words(t))) for t in texts]))
 
 
+# Phrases of an assistant talking about the task instead of doing it ("The
+# speech is a fitting tribute ...", "Here's the next passage ..."). A
+# heuristic: its rate on the real passages shows how often it misfires.
+META_PHRASES = ("the speech", "this speech", "the passage", "this passage",
+                "here is", "heres", "the address", "this address", "sure",
+                "certainly", "the original sentence", "as an ai")
+
+
+def meta_rate(texts: Sequence[str]) -> float:
+    """Share of texts that contain one of META_PHRASES (word-tokenised)."""
+    _check_texts(texts)
+    return float(np.mean([any(f" {m} " in f" {' '.join(words(t))} "
+                              for m in META_PHRASES) for t in texts]))
+
+
 def loop_rate(texts: Sequence[str], threshold: float = 0.2, n: int = 3) -> float:
     """Share of texts whose repeated n-gram rate is above `threshold`."""
     _check_texts(texts)
@@ -521,6 +536,7 @@ def summarize_generations(generations: Sequence[str],
         "loop_rate": loop_rate(generations),
         "mean_words": mean_length_words(generations),
         "we_rate": first_person_plural_rate(generations),
+        "meta_rate": meta_rate(generations),
         "max_overlap": int(max(overlaps)),
         "copies": int(sum(o >= copy_threshold for o in overlaps)),
     }

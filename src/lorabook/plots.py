@@ -80,7 +80,8 @@ def perplexity_bars(result: dict):
         ax.bar(xs, vals, width, yerr=[lo, hi], capsize=4, color=colors[model],
                label={"base": "base model", "finetuned": "fine-tuned"}[model])
         for x, v, h in zip(xs, vals, hi):
-            ax.text(x, v + h + 0.5, f"{v:.1f}", ha="center", va="bottom",
+            label = f"{v:,.0f}" if v >= 100 else f"{v:.1f}"   # <= 4 digits
+            ax.text(x, v + h + 0.5, label, ha="center", va="bottom",
                     fontsize=8)
     ax.set_xticks(range(len(splits)), splits)
     ax.set_ylabel("perplexity (response tokens)")
