@@ -28,21 +28,29 @@ def result(bench_cfg, tmp_path_factory):
                        verbose=False), out
 
 
-def test_writes_results_with_both_recipes(result):
+def test_writes_results_with_both_recipes(result, bench_cfg):
     res, out = result
+    train_ds = B._encoded(bench_cfg)["train"]
+    lengths = [len(x) for x in train_ds["input_ids"]]
+    real = [sum(lengths[i] for i in b) for b in B.batch_plan(bench_cfg, STEPS)]
     on_disk = json.loads((out / "results.json").read_text())
     for r in ("reference", "lorabook"):
         assert r in on_disk
         e = on_disk[r]
         assert e["steps"] == STEPS
-        for k in ("tokens_per_s", "seconds_per_epoch", "peak_rss_mb",
-                  "val_loss"):
-            assert e[k] > 0 and math.isfinite(e[k])
-        assert e["utilisation"]["fp32"] > 0
-    assert on_disk["speedup"] > 0 and on_disk["memory_ratio"] > 0
-    # The fp32 peak is the better of a measurement before and after the recipes.
-    runs = on_disk["fp32_peak_runs"]
-    assert len(runs) == 2 and on_disk["peaks"]["fp32"] == max(runs) > 0
+        assert math.isfinite(e["val_loss"]) and e["val_loss"] > 0
+        # The rate and the epoch time follow from the child's own step
+        # times and the plan's real tokens (counted here from the encoded
+        # lengths), the first step left out.
+        assert len(e["step_times_s"]) == STEPS
+        assert e["tokens_per_s"] == pytest.approx(
+            sum(real[1:]) / sum(e["step_times_s"][1:]), rel=1e-9)
+        assert e["seconds_per_epoch"] == pytest.approx(
+            sum(lengths) / e["tokens_per_s"], rel=1e-9)
+        assert e["real_tokens"] == sum(real)
+        # The peak RSS (ru_maxrss, KB -> MB) is at least the RSS the child
+        # read from /proc after loading the model (a unit slip fails this).
+        assert e["memory"]["after_load"] <= e["peak_rss_mb"] < 64 * 1024
     assert on_disk["machine"]["cpu"] and on_disk["machine"]["torch_threads"] >= 1
     # The widening fp32 products, timed through both kernels, with the
     # tiny model's own sizes.
@@ -220,3 +228,61 @@ def test_each_recipe_runs_under_its_allocator(result):
         assert variant["real_tokens"] == res["reference"]["real_tokens"]
         assert variant["quant_backend"] == "bitsandbytes"
         assert variant["computed_tokens"] == res["reference"]["computed_tokens"]
+
+
+@pytest.mark.parametrize("fp32_before,fp32_after", [(100.0, 150.0), (150.0, 100.0)])
+def test_run_bench_aggregates_the_childrens_numbers(bench_cfg, tmp_path,
+                                                    monkeypatch, fp32_before,
+                                                    fp32_after):
+    """run_bench's own arithmetic on synthetic child results: the fp32
+    peak is the better of the two GEMM runs at the recipes' thread count
+    (the other dtypes from the first), utilisation is 4 * N * tok/s over
+    each peak, speedup and memory ratio are lorabook over reference, and
+    recipes that saw different real tokens are refused."""
+    calls = []
+
+    def entry(tok_s, rss, val_loss, real=1000):
+        return dict(tokens_per_s=tok_s, peak_rss_mb=rss, val_loss=val_loss,
+                    real_tokens=real, base_params=1_000_000,
+                    seconds_per_epoch=5000 / tok_s, padding_share=0.25,
+                    bf16=False, allocator="system", profile=None)
+
+    children = {"reference": entry(10.0, 300.0, 2.5),
+                "lorabook": entry(40.0, 100.0, 2.375)}
+
+    def child(kind, spec, timeout=None, allocator="system"):
+        calls.append((kind, spec.get("threads"), spec.get("dtypes"), allocator))
+        if kind == "gemm" and spec.get("dtypes") == ["fp32"]:
+            return {"threads": {"2": {"fp32": fp32_after}}}
+        if kind == "gemm":
+            return {"threads": {"1": {"fp32": 60.0, "bf16": 70.0, "int8": 80.0},
+                                "2": {"fp32": fp32_before, "bf16": 200.0,
+                                      "int8": 400.0}}}
+        return dict(children[kind])
+
+    monkeypatch.setattr(B, "_child", child)
+    monkeypatch.setattr(B, "_threads", lambda: 2)
+    monkeypatch.setattr(B, "batch_plan", lambda cfg, steps: [[0, 1]] * steps)
+    monkeypatch.setattr(B, "model_shapes", lambda cfg: None)
+    monkeypatch.setattr(B, "_applies", lambda cfg, recipe: False)   # no variants
+    res = B.run_bench(bench_cfg, steps=2, out_dir=str(tmp_path), verbose=False)
+    assert [c[0] for c in calls] == ["gemm", "reference", "lorabook", "gemm"]
+    assert calls[0][1] == [1, 2] and calls[3][1:3] == ([2], ["fp32"])
+    assert calls[1][3] == "system" and calls[2][3] == "tcmalloc"
+    assert res["fp32_peak_runs"] == [fp32_before, fp32_after]
+    assert res["peaks"] == {"fp32": 150.0, "bf16": 200.0, "int8": 400.0}
+    assert res["speedup"] == pytest.approx(4.0)
+    assert res["memory_ratio"] == pytest.approx(1 / 3)
+    assert res["val_loss_diff"] == pytest.approx(-0.125)
+    # 4 * 1e6 params * 10 tok/s = 4e7 FLOP/s = 0.04 GFLOP/s.
+    assert res["reference"]["utilisation"] == pytest.approx(
+        {"fp32": 0.04 / 150, "bf16": 0.04 / 200, "int8": 0.04 / 400,
+         "useful_gflops": 0.04})
+    assert res["lorabook"]["utilisation"]["fp32"] == pytest.approx(0.16 / 150)
+    assert json.loads((tmp_path / "results.json").read_text())["speedup"] == \
+        pytest.approx(4.0)
+    assert "4.00x" in (tmp_path / "results.md").read_text()
+    children["lorabook"]["real_tokens"] = 999
+    with pytest.raises(RuntimeError, match="different numbers of real tokens"):
+        B.run_bench(bench_cfg, steps=2, out_dir=str(tmp_path / "b"),
+                    verbose=False)

@@ -262,3 +262,32 @@ def test_few_shot_uses_the_nearest_year_and_chat_turns(tokenizer):
         E.P.prompt_ids(turns[2], tokenizer)
     with pytest.raises(LorabookError):
         E.chat_ids(turns[:2], tokenizer)
+
+
+@pytest.mark.slow
+def test_evaluate_run_refuses_data_that_no_longer_gives_the_split(
+        tiny_cfg, tiny_run, tmp_path, monkeypatch):
+    """A validation passage the run was trained with is gone from the data:
+    evaluate_run stops with a LorabookError naming split.json before it
+    scores anything (a model load here would mean it went on)."""
+    import json
+    import shutil
+    from lorabook import train as T
+    run_copy = tmp_path / "run"
+    shutil.copytree(tiny_run.path, run_copy,
+                    ignore=shutil.ignore_patterns("checkpoints", "eval.json"))
+    gone = T.read_json(run_copy / "split.json")["validation"][0]
+    src = tiny_cfg.resolve(tiny_cfg.data_path)
+    data = tmp_path / "data.jsonl"
+    kept = [line for line in src.read_text().splitlines()
+            if json.loads(line)["id"] != gone]
+    assert len(kept) == len(src.read_text().splitlines()) - 1
+    data.write_text("\n".join(kept) + "\n")
+    cfg = tiny_cfg.replace(data_path=str(data), output_dir=str(run_copy))
+
+    def no_model(*a, **kw):
+        raise AssertionError("evaluate_run went on to load the model")
+    monkeypatch.setattr(M, "load_trained_model", no_model)
+    with pytest.raises(LorabookError, match=r"no longer gives the split.*split\.json"):
+        E.evaluate_run(cfg, T.load_run(run_copy), verbose=False, force=True)
+    assert not (run_copy / "eval.json").exists()

@@ -229,3 +229,118 @@ def test_chapter_recipe_equals_lorabook_train(tiny_cfg, tiny_run, tokenizer,
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def _with_callbacks(monkeypatch, *extra):
+    """Every Trainer built while this is patched also gets `extra`."""
+    import transformers
+    orig_init = transformers.Trainer.__init__
+
+    def init(self, *a, callbacks=None, **kw):
+        orig_init(self, *a, callbacks=(callbacks or []) + list(extra), **kw)
+    monkeypatch.setattr(transformers.Trainer, "__init__", init)
+    return orig_init
+
+
+def test_resume_skips_the_finished_steps(tiny_cfg, tmp_path, monkeypatch):
+    """A run killed just after its step-6 checkpoint, resumed, trains only
+    steps 7-18: the global step, the log history and the plain-text log
+    continue from the checkpoint instead of starting again at step 0 (a
+    retrain from scratch with the same seed would end the same)."""
+    import json
+    import re
+    import transformers
+    from transformers import TrainerCallback
+    cfg = tiny_cfg.replace(output_dir=str(tmp_path / "killed"))
+    assert T.eval_every(cfg, 48) == 3 and T.optimizer_steps(cfg, 48) == 18
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 6:
+                raise KeyboardInterrupt
+
+    orig_init = _with_callbacks(monkeypatch, Kill())
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, verbose=False)
+    out = T.run_dir(cfg)
+    assert not (out / "metrics.json").exists()
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) \
+        == ["checkpoint-3", "checkpoint-6"]
+    saved = json.loads((out / "checkpoints" / "checkpoint-6" /
+                        "trainer_state.json").read_text())["log_history"]
+    log_before = (out / "train_log.txt").read_text().splitlines()
+
+    class Steps(TrainerCallback):
+        seen = []
+
+        def on_step_end(self, args, state, control, **kw):
+            self.seen.append(state.global_step)
+
+    monkeypatch.setattr(transformers.Trainer, "__init__", orig_init)
+    _with_callbacks(monkeypatch, Steps())
+    run = T.train(cfg, resume=True, verbose=False)
+    assert run.metrics["resumed"] is True
+    assert Steps.seen == list(range(7, 19))          # steps 1-6 not redone
+    assert run.metrics["train_steps"] == 18
+    # The history holds the checkpoint's records, then steps 7-18 once.
+    assert run.log_history[:len(saved)] == saved
+    later = [r["step"] for r in run.log_history[len(saved):] if "loss" in r]
+    assert later and min(later) > 6
+    loss_steps = [r["step"] for r in run.log_history if "loss" in r]
+    assert loss_steps == sorted(set(loss_steps))
+    # The plain-text log: the first part kept, steps 7-18 appended once.
+    lines = run.log_text.splitlines()
+    assert lines[:len(log_before)] == log_before
+    steps = [int(m.group(1)) for line in lines
+             if (m := re.match(r"step +(\d+)/18", line))]
+    n_before = sum(line.startswith("step") for line in log_before)
+    assert n_before and all(s <= 6 for s in steps[:n_before])
+    assert steps[n_before:] and all(s > 6 for s in steps[n_before:])
+    assert steps == sorted(steps) and steps[-1] == 18
+
+
+def test_trainer_micro_batches_equal_the_full_batch(tiny_cfg, tokenizer,
+                                                    tmp_path, monkeypatch):
+    """Gradient accumulation through the Trainer (`micro_batch_size` 4 of a
+    batch of 8) gives the full batch's loss curve, validation curve and
+    adapter: the same samples per step, and each micro-batch's loss
+    divided by the whole step's labelled tokens. 8-bit base computing in
+    fp32 (pinned: Int8Linear's bf16 products on a native-bf16 CPU round by
+    ~1e-2 in the adapter), no dropout, one epoch of 6 steps at a learning
+    rate that moves the adapter well beyond the tolerances."""
+    from lorabook import int8cpu
+    monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: False)
+    cfg = tiny_cfg.replace(lora_dropout=0.0, bf16=False, epochs=1,
+                           learning_rate=0.03, n_evals=3)
+    _, _, enc = T.prepare_data(cfg, tokenizer)
+    train_ds = enc.splits["train"].remove_columns(["id"])
+    val_ds = enc.splits["validation"].remove_columns(["id"])
+
+    def run(c, name):
+        out = tmp_path / name
+        out.mkdir()
+        trainer, result, base = T.fit(c, out, M.load_model(c), tokenizer,
+                                      train_ds, val_ds, verbose=False)
+        hist = trainer.state.log_history
+        return dict(steps=result.global_step, base=base,
+                    loss=[(r["step"], r["loss"]) for r in hist if "loss" in r],
+                    eval=[(r["step"], r["eval_loss"]) for r in hist
+                          if "eval_loss" in r],
+                    adapter=load_file(out / "adapter" /
+                                      "adapter_model.safetensors"))
+
+    micro_cfg = cfg.replace(micro_batch_size=4)
+    args = T.training_arguments(micro_cfg, tmp_path, 48)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 2)
+    full, micro = run(cfg, "full"), run(micro_cfg, "micro")
+    assert full["steps"] == micro["steps"] == 6
+    for key in ("loss", "eval"):
+        assert [s for s, _ in micro[key]] == [s for s, _ in full[key]]
+        assert [v for _, v in micro[key]] == pytest.approx(
+            [v for _, v in full[key]], rel=1e-5)
+    assert [s for s, _ in full["eval"]] == [2, 4, 6]
+    assert full["base"] - full["eval"][-1][1] > 1e-2      # it learned
+    assert full["adapter"].keys() == micro["adapter"].keys()
+    for k, a in full["adapter"].items():
+        # Measured 1e-5; summing per-micro-batch means instead gives 0.3.
+        assert (micro["adapter"][k] - a).norm() <= 1e-4 * a.norm(), k
