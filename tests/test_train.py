@@ -344,3 +344,12 @@ def test_trainer_micro_batches_equal_the_full_batch(tiny_cfg, tokenizer,
     for k, a in full["adapter"].items():
         # Measured 1e-5; summing per-micro-batch means instead gives 0.3.
         assert (micro["adapter"][k] - a).norm() <= 1e-4 * a.norm(), k
+
+
+def test_evaluation_settings_keep_the_run_training_settings_do_not(tiny_cfg,
+                                                                   tiny_run):
+    again = T.finished_run(tiny_cfg.replace(n_generation_prompts=2,
+                                            gen_max_new_tokens=5))
+    assert again is not None and again.path == tiny_run.path
+    assert T.finished_run(tiny_cfg.replace(learning_rate=1e-3)) is None
+    assert T.finished_run(tiny_cfg.replace(n_evals=3)) is None

@@ -117,7 +117,7 @@ def finished_run(cfg: Config) -> Run | None:
         run = load_run(path)
     except (LorabookError, FileNotFoundError, json.JSONDecodeError):
         return None
-    return run if run.config.get("hash") == cfg.hash() else None
+    return run if run.config.get("train_hash") == cfg.train_hash() else None
 
 
 def log_line(state, logs: dict, t0: float) -> str | None:
@@ -502,7 +502,7 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
     if (out.exists() and any(p.is_file() for p in out.rglob("*"))
             and not resume and is_main_process()):
         old = read_json(out / "config.json") if (out / "config.json").is_file() else {}
-        if old.get("hash") != cfg.hash() or force:
+        if old.get("train_hash") != cfg.train_hash() or force:
             # Never delete a user's earlier run: move it aside.
             stale = out.with_name(f"{out.name}.old-{old.get('hash', 'unknown')}"
                                   f"-{int(time.time())}")
@@ -515,7 +515,8 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
                 (out / name).unlink(missing_ok=True)
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", dict(cfg.to_dict(), hash=cfg.hash()))
+    _write_json(out / "config.json", dict(cfg.to_dict(), hash=cfg.hash(),
+                                          train_hash=cfg.train_hash()))
 
     tokenizer = M.load_tokenizer(cfg)
     splits, report, enc = prepare_data(cfg, tokenizer)
@@ -571,7 +572,8 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
         print(f"Done in {wall:.0f} s; validation loss {base_val_loss:.4f} -> "
               f"{metrics['best_val_loss']:.4f}. Run directory: {out}")
     if not is_main_process():
-        return Run(out, dict(cfg.to_dict(), hash=cfg.hash()), metrics, history)
+        return Run(out, dict(cfg.to_dict(), hash=cfg.hash(),
+                             train_hash=cfg.train_hash()), metrics, history)
     return load_run(out)
 
 
