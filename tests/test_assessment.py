@@ -127,11 +127,11 @@ def test_rouge_and_bleu_directions_are_separate(facts):
     f["systems"]["base_instructed"].update(rouge_l=0.10, bleu=0.9)
     t = text(f)
     assert "ROUGE-L (0.200) is higher than the" in t
-    assert "BLEU (0.500) lower than its BLEU (0.900)" in t
+    assert "BLEU (0.500) lower than the instructed base model's (0.900)" in t
     f["systems"]["finetuned"].update(rouge_l=0.05, bleu=2.0)
     t = text(f)
     assert "ROUGE-L (0.0500) is lower than" in t
-    assert "BLEU (2.00) higher than its BLEU (0.900)" in t
+    assert "BLEU (2.00) higher than the instructed base model's (0.900)" in t
 
 
 def test_copying_echo_and_anachronism_follow_the_outputs(facts):

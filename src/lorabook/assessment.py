@@ -237,7 +237,8 @@ def write(f: dict) -> list[str]:
     sent = (f"**Content.** Against the real continuations, the fine-tuned "
             f"model's ROUGE-L ({fmt(F['rouge_l'])}) is {rw} the "
             f"instructed base model's ({fmt(I['rouge_l'])}) and its BLEU "
-            f"({fmt(F['bleu'])}) {bw} its BLEU ({fmt(I['bleu'])}); both "
+            f"({fmt(F['bleu'])}) {bw} the instructed base model's "
+            f"({fmt(I['bleu'])}); both "
             f"are small "
             f"because a good continuation need not share words with the "
             f"one the president wrote. ")

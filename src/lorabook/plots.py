@@ -45,7 +45,7 @@ def length_histogram(lengths: dict, max_length: int):
 
 
 def loss_curve(log_history: list, base_val_loss: float):
-    """Training loss per logging step, validation loss per epoch, base line."""
+    """Training loss per logging step, validation loss per evaluation, base line."""
     sns = _theme()
     import pandas as pd
     train = pd.DataFrame([r for r in log_history if "loss" in r])
@@ -54,7 +54,7 @@ def loss_curve(log_history: list, base_val_loss: float):
     sns.lineplot(x=train["epoch"], y=train["loss"], ax=ax,
                  label="training loss (per logging step)", lw=1)
     sns.lineplot(x=val["epoch"], y=val["eval_loss"], ax=ax, marker="o",
-                 label="validation loss (per epoch)", lw=2)
+                 label="validation loss (per evaluation)", lw=2)
     ax.axhline(base_val_loss, ls="--", color="grey",
                label=f"base model, validation ({base_val_loss:.3f})")
     ax.set_xlabel("epoch")
