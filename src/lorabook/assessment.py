@@ -74,7 +74,8 @@ def pick_quotes(shown: list[dict]) -> dict:
     `shown` rows have keys prompt, reference (None for new prompts), year,
     and per system (base, base_instructed, finetuned) the generated text.
     Rules: `best` is the fine-tuned generation of a test prompt with the
-    highest ROUGE-L against its real continuation; `loop` the generation
+    highest ROUGE-L against its real continuation, `worst` the one with
+    the lowest (when they differ); `loop` the generation
     of any system with the highest repeated-3-gram rate, if above
     LOOP_THRESHOLD; `echo` the first fine-tuned generation that repeats
     ECHO_WORDS or more words of its prompt; `anachronism` the first
@@ -89,6 +90,10 @@ def pick_quotes(shown: list[dict]) -> dict:
         j = max(range(len(tests)), key=lambda i: scores[i])
         quotes["best"] = dict(row=tests[j], system="finetuned",
                               value=scores[j])
+        k = min(range(len(tests)), key=lambda i: scores[i])
+        if k != j:
+            quotes["worst"] = dict(row=tests[k], system="finetuned",
+                                   value=scores[k])
     worst = None
     for r in shown:
         for system in ("finetuned", "base_instructed", "base"):
@@ -215,8 +220,10 @@ def write(f: dict) -> list[str]:
     if all(rate == 0 for _, rate in loops):
         out.append(
             f"**Repetition.** No generation of any model loops (more than "
-            f"{pct(LOOP_THRESHOLD)} of its 3-grams repeated) under these "
-            f"settings.")
+            f"{pct(LOOP_THRESHOLD)} of its 3-grams repeated), as the "
+            f"decoding guarantees: it never repeats a 3-gram, so a model "
+            f"that would loop is pushed to new words instead, which can "
+            f"read as drift rather than repetition.")
     else:
         sent = (f"**Repetition.** Loops remain: "
                 + ", ".join(f"{pct(rate)} of the generations of "
@@ -289,14 +296,26 @@ def write(f: dict) -> list[str]:
             f"with the highest ROUGE-L ({fmt(b['value'])}, "
             f"{_head(b['row'])}): \"{excerpt(b['row']['finetuned'], 35)}\" "
             f"The president wrote: \"{excerpt(b['row']['reference'], 35)}\"")
+    w = f["quotes"].get("worst")
+    if w:
+        out.append(
+            f"**Furthest from the real text.** The shown fine-tuned "
+            f"generation with the lowest ROUGE-L ({fmt(w['value'])}, "
+            f"{_head(w['row'])}): \"{excerpt(w['row']['finetuned'], 35)}\" "
+            f"The president wrote: \"{excerpt(w['row']['reference'], 35)}\" "
+            "Low overlap need not mean a wrong subject: read it beside "
+            "its prompt in the list above.")
 
     # What the instruction did for the base model.
     iw = compare(I["rouge_l"], B["rouge_l"], "lowers", "raises", "leaves")
     out.append(
         f"**The instruction.** Telling the base model the task {iw} its "
         f"ROUGE-L ({fmt(B['rouge_l'])} bare, {fmt(I['rouge_l'])} "
-        f"instructed), and its loop rate goes from {pct(B['loop_rate'])} to "
-        f"{pct(I['loop_rate'])}. "
+        + (f"instructed), and its loop rate goes from {pct(B['loop_rate'])} "
+           f"to {pct(I['loop_rate'])}. "
+           if pct(B["loop_rate"]) != pct(I["loop_rate"]) else
+           f"instructed); neither loops more than the other "
+           f"({pct(I['loop_rate'])}). ")
         + ("The instructed base model is the fairer baseline, and the one "
            "compared above." if I["rouge_l"] >= B["rouge_l"] else
            "The bare prompt served it better by this measure; the "

@@ -85,7 +85,7 @@ class Config:
     learning_rate: float = 5e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
-    logging_steps: int = 10
+    logging_steps: int = 16
     # Validation evaluations (each with a checkpoint) spread evenly over the
     # run, so the loss figure has a real validation curve.
     n_evals: int = 8

@@ -504,6 +504,7 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
                        id=s["id"], year=s.get("year"), prompt=s["prompt"],
                        instructed_prompt=told[i][-1],
                        example_prompt=told[i][0],
+                       example_response=told[i][1],
                        reference=s.get("reference", s.get("response"))
                        if i < n_metric else s.get("reference"),
                        kind=s.get("kind", "test prompt"))
@@ -561,7 +562,7 @@ def era_judge(cfg: Config, splits: dict, all_samples, scored: list[dict],
 
 # Bumped when what evaluate_run computes changes, so a cached eval.json of
 # an older version is recomputed.
-EVAL_VERSION = 3
+EVAL_VERSION = 4
 
 
 def evaluate_run(cfg: Config, run: T.Run | None = None, *,

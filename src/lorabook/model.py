@@ -255,11 +255,11 @@ def release_free_memory() -> bool:
         return False
 
 
-# Adapted from the Hugging Face PEFT quicktour and the "Finetune OPT with
-# bitsandbytes + PEFT" notebook: BitsAndBytesConfig replaces the removed
-# load_in_8bit=True argument; the whole model goes on one device.
 def load_8bit_model(cfg: Config, backend: str | None = None):
     """The frozen base model with its linear layers in bitsandbytes' int8."""
+    # Adapted from the Hugging Face PEFT quicktour and the "Finetune OPT with
+    # bitsandbytes + PEFT" notebook: BitsAndBytesConfig replaces the removed
+    # load_in_8bit=True argument; the whole model goes on one device.
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -329,11 +329,11 @@ def lora_config(cfg: Config, model):
         task_type="CAUSAL_LM")
 
 
-# Adapted from the PEFT quicktour: prepare_model_for_kbit_training is the
-# current name of the assignment's prepare_model_for_int8_training (removed
-# in PEFT 0.10); gradient checkpointing is a config choice here.
 def add_lora(cfg: Config, model):
     """Freeze the base and add fresh LoRA adapters (B = 0)."""
+    # Adapted from the PEFT quicktour: prepare_model_for_kbit_training is the
+    # current name of the assignment's prepare_model_for_int8_training (removed
+    # in PEFT 0.10); gradient checkpointing is a config choice here.
     from peft import get_peft_model, prepare_model_for_kbit_training
     # Freezes every base weight and casts the norms to fp32.
     model = prepare_model_for_kbit_training(

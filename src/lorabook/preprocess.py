@@ -47,15 +47,15 @@ def prompt_ids(prompt: str, tokenizer) -> list[int]:
     return ids
 
 
-# Adapted from the assignment's prompt-masking example (labels[:prompt_len]
-# = -100): prompt and response tokenized apart and joined, EOS appended,
-# the response truncated from the right, a sample without room dropped.
 def encode(prompt: str, response: str, tokenizer, max_length: int) -> dict | None:
     """One training example, or None if truncation would leave no response.
 
     Truncation cuts the response from the right; a cut response loses its
     EOS (teaching the model to stop mid-sentence would be wrong).
     """
+    # Adapted from the assignment's prompt-masking example (labels[:prompt_len]
+    # = -100): prompt and response tokenized apart and joined, EOS appended,
+    # the response truncated from the right, a sample without room dropped.
     p = prompt_ids(prompt, tokenizer)
     r = tokenizer(response, add_special_tokens=False)["input_ids"]
     r = r + [tokenizer.eos_token_id]

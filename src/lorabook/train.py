@@ -131,7 +131,7 @@ def log_line(state, logs: dict, t0: float) -> str | None:
                  f"epoch {logs.get('epoch', state.epoch or 0):4.2f}"]
     for key in ("loss", "eval_loss"):
         if key in logs:
-            parts.append(f"{key} {logs[key]:.4f}")
+            parts.append(f"{key} {logs[key]:.4g}")
     if "learning_rate" in logs:
         parts.append(f"lr {logs['learning_rate']:.2e}")
     parts.append(f"{time.time() - t0:5.0f} s")
@@ -343,11 +343,11 @@ class LeanLoop:
         return losses, times
 
 
-# Adapted from the transformers Trainer docs (subclass, override
-# compute_loss): the loss is label_only_loss instead of model(**inputs).loss.
 def trainer_class():
     """`transformers.Trainer` whose loss skips the LM head where no label
     needs it (`label_only_loss`); everything else is the Trainer's own."""
+    # Adapted from the transformers Trainer docs (subclass, override
+    # compute_loss): the loss is label_only_loss instead of the model's own.
     from transformers import Trainer
 
     class LorabookTrainer(Trainer):
@@ -389,11 +389,11 @@ def n_evaluations(cfg: Config, n_train: int) -> int:
     return steps // every + (1 if steps % every else 0)
 
 
-# Adapted from the assignment's TrainingArguments example and the PEFT
-# docs: step-based evaluation and saving (n_evals), label_names for PEFT,
-# the best checkpoint restored, mixed precision by device.
 def training_arguments(cfg: Config, out: Path, n_train: int):
     """The Trainer's settings, every one written out (chapter 3)."""
+    # Adapted from the assignment's TrainingArguments example and the PEFT
+    # docs: step-based evaluation and saving (n_evals), label_names for PEFT,
+    # the best checkpoint restored, mixed precision by device.
     from transformers import TrainingArguments
     steps = eval_every(cfg, n_train)
     on_gpu = torch.cuda.is_available()
@@ -455,17 +455,14 @@ def make_trainer(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds,
     return trainer
 
 
-# Adapted from the PEFT quicktour's Trainer loop (train, save_pretrained):
-# the base model evaluated first, resume from the last checkpoint.
 def fit(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds, *,
         resume: bool = False, verbose: bool = True):
-    """Train, save the adapter, and check that the saved adapter reloads.
-
-    Returns (trainer, the result of trainer.train(), base validation loss).
-    """
+    """Train and save the adapter; returns (trainer, the result of
+    trainer.train(), the base model's validation loss)."""
+    # Adapted from the PEFT quicktour's Trainer loop (train, save_pretrained):
+    # the base model evaluated first, resume from the last checkpoint.
     trainer = make_trainer(cfg, out, model, tokenizer, train_ds, val_ds, verbose)
     # LoRA's B starts at 0: before training this is the base model.
-    # (Every rank evaluates: under torchrun only rank 0 writes the file.)
     base = out / "base_eval.json"
     if base.is_file():
         base_loss = read_json(base)["eval_loss"]
