@@ -81,13 +81,13 @@ def test_perplexity_direction_flips(facts):
 def test_length_and_stopping_flip(facts):
     t = text(facts)
     assert "shorter than the real ones" in t
-    assert "closer to their length" in t
+    assert "closer to their length than the instructed" in t
     assert "more often than the instructed base model" in t
     f = copy.deepcopy(facts)
     f["systems"]["finetuned"].update(mean_words=70.0, stop_rate=0.1)
     t = text(f)
     assert "longer than the real ones" in t
-    assert "no closer to their length" in t
+    assert "further from their length than the instructed" in t
     assert "less often than the instructed base model" in t
 
 

@@ -163,14 +163,17 @@ def write(f: dict) -> list[str]:
            "Fine-tuning made the real addresses less predictable."))
 
     # Register: length, stopping, first person plural.
-    closer = (abs(F["mean_words"] - R["mean_words"])
-              < abs(I["mean_words"] - R["mean_words"]))
+    gap_f = abs(F["mean_words"] - R["mean_words"])
+    gap_i = abs(I["mean_words"] - R["mean_words"])
+    nearer = ("closer to" if gap_f < gap_i - 0.5 else "further from"
+              if gap_f > gap_i + 0.5 else "as close to")
     out.append(
         f"**Form.** Under {f['decoding']}, the fine-tuned passages average "
         f"{fmt(F['mean_words'])} words, "
         f"{compare(F['mean_words'], R['mean_words'], 'shorter than', 'longer than', 'as long as', 0.5)} "
         f"the real ones ({fmt(R['mean_words'])}) and "
-        f"{'closer to' if closer else 'no closer to'} their length than the "
+        f"{nearer} their length "
+        f"{'as' if nearer == 'as close to' else 'than'} the "
         f"instructed base model's ({fmt(I['mean_words'])}). The fine-tuned "
         f"model ends {pct(F['stop_rate'])} of its passages by itself, "
         f"{compare(F['stop_rate'], I['stop_rate'], 'less often than', 'more often than', 'as often as')} "
