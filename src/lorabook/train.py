@@ -131,7 +131,7 @@ def log_line(state, logs: dict, t0: float) -> str | None:
                  f"epoch {logs.get('epoch', state.epoch or 0):4.2f}"]
     for key in ("loss", "eval_loss"):
         if key in logs:
-            parts.append(f"{key} {logs[key]:.4g}")
+            parts.append(f"{key} {logs[key]:#.4g}")
     if "learning_rate" in logs:
         parts.append(f"lr {logs['learning_rate']:.2e}")
     parts.append(f"{time.time() - t0:5.0f} s")
