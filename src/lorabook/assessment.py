@@ -223,10 +223,11 @@ def write(f: dict) -> list[str]:
     if all(rate == 0 for _, rate in loops):
         out.append(
             f"**Repetition.** No generation of any model loops (more than "
-            f"{pct(LOOP_THRESHOLD)} of its 3-grams repeated), as the "
-            f"decoding guarantees: it never repeats a 3-gram, so a model "
-            f"that would loop is pushed to new words instead, which can "
-            f"read as drift rather than repetition.")
+            f"{pct(LOOP_THRESHOLD)} of its 3-grams repeated). The decoding "
+            f"sees to most of that: it never repeats a 3-gram of tokens "
+            f"(3-grams of words can still recur, as the table shows), so a "
+            f"model that would loop is pushed to new words instead, which "
+            f"can read as drift rather than repetition.")
     else:
         sent = (f"**Repetition.** Loops remain: "
                 + ", ".join(f"{pct(rate)} of the generations of "

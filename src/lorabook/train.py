@@ -415,8 +415,8 @@ def training_arguments(cfg: Config, out: Path, n_train: int):
         load_best_model_at_end=True,          # restore the best checkpoint
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        # PEFT models hide `labels` from the Trainer's signature check;
-        # without this no eval loss is reported (transformers#33420).
+        # Named explicitly: the Trainer's signature lookup missed PEFT
+        # models in older transformers (issue 33420): no eval loss.
         label_names=["labels"],
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
@@ -566,8 +566,10 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
     _write_json(out / "log_history.json", history)
     _write_json(out / "metrics.json", metrics)
     if verbose and is_main_process():
-        print(f"Done in {wall:.0f} s; validation loss {base_val_loss:.4f} -> "
-              f"{metrics['best_val_loss']:.4f}. Run directory: {out}")
+        where = out.relative_to(cfg.resolve(".")) if out.is_relative_to(
+            cfg.resolve(".")) else out
+        print(f"Done in {wall:.0f} s; validation loss {base_val_loss:#.4g} -> "
+              f"{metrics['best_val_loss']:#.4g}. Run directory: {where}/")
     if not is_main_process():
         return Run(out, dict(cfg.to_dict(), hash=cfg.hash(),
                              train_hash=cfg.train_hash()), metrics, history)
