@@ -183,3 +183,16 @@ def test_no_shared_words_is_said_plainly(facts):
     assert "No shown fine-tuned generation shares" in t
     assert "The president wrote" not in t
     assert "The president wrote" in text(facts)
+
+
+def test_first_person_plural_verdict_flips(facts):
+    f = copy.deepcopy(facts)
+    f["reference"]["we_rate"] = 0.5
+    f["systems"]["base_instructed"]["we_rate"] = 0.3
+    f["systems"]["finetuned"]["we_rate"] = 0.1
+    assert "moved the voice away from" in text(f)
+    f["systems"]["finetuned"]["we_rate"] = 0.45
+    assert "the fine-tuned voice is closer to" in text(f)
+    f["systems"]["finetuned"]["we_rate"] = 0.31
+    t = text(f)
+    assert "away from" not in t and "voice is closer" not in t

@@ -181,7 +181,14 @@ def write(f: dict) -> list[str]:
         f"does not end was cut at the token limit. "
         f"{pct(F['we_rate'])} of the fine-tuned passages speak as \"we\" or "
         f"\"our\", against {pct(R['we_rate'])} of the real ones and "
-        f"{pct(I['we_rate'])} of the instructed base model's.")
+        f"{pct(I['we_rate'])} of the instructed base model's"
+        + ("; by this measure fine-tuning moved the voice away from the "
+           "addresses' first person plural, not towards it."
+           if abs(F["we_rate"] - R["we_rate"]) > abs(I["we_rate"] - R["we_rate"]) + 0.02
+           else "; by this measure the fine-tuned voice is closer to the "
+           "addresses' first person plural."
+           if abs(F["we_rate"] - R["we_rate"]) < abs(I["we_rate"] - R["we_rate"]) - 0.02
+           else "."))
 
     # Era.
     J = f.get("judge")
@@ -214,7 +221,7 @@ def write(f: dict) -> list[str]:
             + ("The fine-tuned model's vocabulary follows the year it is "
                "given." if fb - J["chance"] >= 0.1 and fb > ib else
                "Fine-tuning did not make the vocabulary follow the year "
-               "better than the instruction alone does." if fb <= ib else
+               "better than the instructed base model's does." if fb <= ib else
                "The fine-tuned vocabulary follows the year only weakly."))
 
     # Repetition under the chosen decoding.
