@@ -110,9 +110,10 @@ def test_pdf_length_and_no_blank_page(pages):
         # Header (author, link) and footer (chapter, page number) alone are
         # about ten words: a page with fewer than 15 is (nearly) blank.
         assert len(text.split()) >= 15, f"page {i} is (nearly) blank"
-    # The page that holds the first appendix's numbered heading.
+    # The page that holds the first appendix's numbered heading (not the
+    # contents page, whose line ends with a page number).
     start = next(i for i, t in enumerate(pages)
-                 if re.search(r"^\s*\d+\s+Appendix: Pitfalls", t, re.M))
+                 if re.search(r"^\s*\d+\s+Appendix: Pitfalls\D*$", t, re.M))
     assert len(pages) - start <= 8, f"{len(pages) - start} appendix pages"
 
 
