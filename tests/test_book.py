@@ -200,3 +200,19 @@ def test_submission_zip_contents(built, tmp_path):
                              r"\.safetensors$|\.gguf$", n), n
     nb = json.loads(z.read(top + "notebooks/04_training.ipynb"))
     assert any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def test_a_stage_that_reused_work_keeps_its_real_time(tmp_path, monkeypatch):
+    from lorabook import report
+    from lorabook.config import load_config
+    cfg = load_config("tiny", output_dir=str(tmp_path / "run"))
+    clock = iter([0.0, 300.0, 1000.0, 1000.5, 2000.0, 2010.0])
+    monkeypatch.setattr(report.time, "time", lambda: next(clock))
+    with report.stage(cfg, "training"):
+        pass                                  # really ran: 300 s
+    with report.stage(cfg, "training"):
+        pass                                  # reused the run: 0.5 s
+    assert report.timings(cfg)["training"] == 300.0
+    with report.stage(cfg, "training"):
+        pass                                  # ran again: 10 s
+    assert report.timings(cfg)["training"] == 10.0

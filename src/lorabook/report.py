@@ -104,12 +104,20 @@ def record_time(cfg: Config, name: str, seconds: float) -> None:
     os.replace(tmp, path)
 
 
+# A stage that took less than this reused finished work (a trained run, a
+# cached evaluation): it keeps the time it took when it really ran.
+REUSED_SECONDS = 2.0
+
+
 @contextmanager
 def stage(cfg: Config, name: str):
-    """Time a block and record it with `record_time`."""
+    """Time a block and record it with `record_time`, unless the block only
+    reused earlier work and a real measurement of it is on record."""
     t0 = time.time()
     yield
-    record_time(cfg, name, time.time() - t0)
+    seconds = time.time() - t0
+    if seconds >= REUSED_SECONDS or name not in timings(cfg):
+        record_time(cfg, name, seconds)
 
 
 def timings(cfg: Config) -> dict:
