@@ -1,5 +1,6 @@
 import pytest
 
+from lorabook import train as T
 from lorabook.cli import main
 from lorabook.config import LorabookError, load_config
 
@@ -115,8 +116,7 @@ def _fake_run(tmp_path, **changes):
                           group_column=None)
     run = tmp_path / "mine"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps(dict(cfg.to_dict(),
-                                                     hash=cfg.hash())))
+    (run / "config.json").write_text(json.dumps(T.run_record(cfg)))
     (run / "metrics.json").write_text("{}")
     (run / "log_history.json").write_text("[]")
     return cfg, run
@@ -147,3 +147,15 @@ def test_run_commands_use_the_runs_own_config(tmp_path, monkeypatch, capsys,
     assert seen[0][0] == cfg.replace(data_path="elsewhere.jsonl")
     assert main([command, "--run", str(run), "--preset", "tiny", *extra]) == 2
     assert "either --run or --config" in capsys.readouterr().err
+
+
+def test_run_config_reads_what_train_writes(tmp_path):
+    """config.json as train() writes it (with both hashes) gives back the
+    run's config."""
+    import argparse
+    import json
+    from lorabook.cli import _run_config
+    cfg = load_config("tiny", output_dir=str(tmp_path / "r"))
+    run = T.Run(tmp_path, json.loads(json.dumps(T.run_record(cfg))), {}, [])
+    got = _run_config(argparse.Namespace(config=None, preset=None), run)
+    assert got == cfg

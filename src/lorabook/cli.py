@@ -45,7 +45,8 @@ def _run_config(args, run):
     if getattr(args, "config", None) or getattr(args, "preset", None):
         raise LorabookError("--run uses the run's own config.json; give "
                             "either --run or --config/--preset, not both")
-    d = {k: v for k, v in run.config.items() if k != "hash"}
+    from lorabook.train import RUN_HASH_KEYS
+    d = {k: v for k, v in run.config.items() if k not in RUN_HASH_KEYS}
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(d) - known)
     if unknown:
@@ -61,6 +62,17 @@ def _run_config(args, run):
     except TypeError as e:
         raise LorabookError(f"{run.path / 'config.json'}: invalid "
                             f"configuration: {e}") from None
+
+
+def _config_and_run(args):
+    """(config, finished run) for `evaluate` and `export`: the run of
+    `--run DIR` with its own config, else the run of the given config."""
+    from lorabook import train as T
+    if args.run:
+        run = T.load_run(args.run)
+        return _run_config(args, run), run
+    cfg = _cfg(args)
+    return cfg, T.load_run(T.run_dir(cfg))
 
 
 def cmd_data(args) -> int:
@@ -100,13 +112,7 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from lorabook import evaluate as E
-    from lorabook import train as T
-    if args.run:
-        run = T.load_run(args.run)
-        cfg = _run_config(args, run)
-    else:
-        cfg = _cfg(args)
-        run = T.load_run(T.run_dir(cfg))
+    cfg, run = _config_and_run(args)
     result = E.evaluate_run(cfg, run, force=args.force)
     print(json.dumps(result["summary"], indent=2))
     return 0
@@ -114,12 +120,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     from lorabook import train as T
-    if args.run:
-        run = T.load_run(args.run)
-        cfg = _run_config(args, run)
-    else:
-        cfg = _cfg(args)
-        run = T.load_run(T.run_dir(cfg))
+    cfg, run = _config_and_run(args)
     out = T.export_merged(cfg, run, args.output)
     print(f"Merged model written to {out}")
     return 0

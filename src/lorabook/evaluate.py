@@ -639,25 +639,3 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
 def load_generations(run_path) -> list[dict]:
     with open(Path(run_path) / "generations.jsonl") as f:
         return [json.loads(line) for line in f]
-
-
-def quantization_cost(cfg: Config, dataset, tokenizer) -> list[dict]:
-    """Base model size and validation perplexity, full precision vs 8-bit."""
-    rows = []
-    collator = P.Collator(tokenizer)
-    for quantize, backend, name in (
-            (False, None, "fp32"), (True, "bitsandbytes", "8-bit, bitsandbytes"),
-            (True, "int8cpu", "8-bit, lorabook Int8Linear")):
-        model = M.load_base_model(cfg, quantize=quantize, backend=backend)
-        sums, counts = response_nll(model, dataset, collator, cfg.eval_batch_size)
-        size = M.model_summary(model)
-        linear_mb = sum(
-            p.numel() * p.element_size() for n, p in model.named_parameters()
-            if n.endswith(".weight") and p.ndim == 2 and "embed" not in n
-            and "lm_head" not in n) / 2**20
-        rows.append(dict(
-            weights=name,
-            size_mb=size["size_mb"], linear_layers_mb=linear_mb,
-            val_perplexity=perplexity(sums.sum(), counts.sum())))
-        del model
-    return rows

@@ -50,6 +50,16 @@ def run_dir(cfg: Config) -> Path:
     return cfg.resolve(cfg.output_dir)
 
 
+# Keys that `run_record` adds to a config's fields in a run's config.json.
+RUN_HASH_KEYS = ("hash", "train_hash")
+
+
+def run_record(cfg: Config) -> dict:
+    """What a run's config.json holds: every field, plus the hashes that
+    name it (`train_hash` decides whether a finished run is reused)."""
+    return dict(cfg.to_dict(), hash=cfg.hash(), train_hash=cfg.train_hash())
+
+
 def prepare_data(cfg: Config, tokenizer):
     """Load, clean, split and tokenize the data of a config.
 
@@ -478,6 +488,12 @@ def fit(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds, *,
     return trainer, result, base_loss
 
 
+def _shown(cfg: Config, path: Path) -> Path:
+    """`path` as printed: relative to the repository when inside it."""
+    root = cfg.resolve(".")
+    return path.relative_to(root) if path.is_relative_to(root) else path
+
+
 def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
           force: bool = False) -> Run:
     """Fine-tune the config's model with LoRA; reuse a finished run.
@@ -489,9 +505,7 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
     out = run_dir(cfg)
     if not force and (run := finished_run(cfg)) is not None:
         if verbose:
-            where = out.relative_to(cfg.resolve(".")) if out.is_relative_to(
-                cfg.resolve(".")) else out
-            print(f"Reusing the finished run in {where}/; its log:")
+            print(f"Reusing the finished run in {_shown(cfg, out)}/; its log:")
             print(run.log_text)
         return run
     # Under torchrun only rank 0 touches the directory: another rank that
@@ -512,8 +526,7 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
                 (out / name).unlink(missing_ok=True)
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", dict(cfg.to_dict(), hash=cfg.hash(),
-                                          train_hash=cfg.train_hash()))
+    _write_json(out / "config.json", run_record(cfg))
 
     tokenizer = M.load_tokenizer(cfg)
     splits, report, enc = prepare_data(cfg, tokenizer)
@@ -566,13 +579,11 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
     _write_json(out / "log_history.json", history)
     _write_json(out / "metrics.json", metrics)
     if verbose and is_main_process():
-        where = out.relative_to(cfg.resolve(".")) if out.is_relative_to(
-            cfg.resolve(".")) else out
         print(f"Done in {wall:.0f} s; validation loss {base_val_loss:#.4g} -> "
-              f"{metrics['best_val_loss']:#.4g}. Run directory: {where}/")
+              f"{metrics['best_val_loss']:#.4g}. Run directory: "
+              f"{_shown(cfg, out)}/")
     if not is_main_process():
-        return Run(out, dict(cfg.to_dict(), hash=cfg.hash(),
-                             train_hash=cfg.train_hash()), metrics, history)
+        return Run(out, run_record(cfg), metrics, history)
     return load_run(out)
 
 
