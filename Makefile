@@ -15,7 +15,7 @@ APT_PKGS := texlive-latex-recommended texlive-latex-extra texlive-xetex \
 # Training processes run under tcmalloc where it is installed: the same
 # speed as glibc's malloc and ~30% less peak memory (src/lorabook/alloc.py).
 # LORABOOK_ALLOCATOR=system keeps the system's allocator.
-TCMALLOC = $(shell $(BIN)/python -m lorabook.alloc 2>/dev/null)
+TCMALLOC = $(shell $(BIN)/python -m lorabook.speed.alloc 2>/dev/null)
 WITH_ALLOC = $(if $(TCMALLOC),LD_PRELOAD="$(TCMALLOC)")
 
 .PHONY: setup book html pdf test test-fast bench submission gpu-check clean
@@ -68,19 +68,19 @@ test-fast: setup
 
 # End-to-end check of a GPU machine (the CPU side where there is no CUDA).
 gpu-check: setup
-	$(BIN)/python -m lorabook.gpucheck
+	$(BIN)/python -m benchmarks.gpu_check
 
 bench: setup
-	$(WITH_ALLOC) $(BIN)/lorabook bench
+	$(WITH_ALLOC) $(BIN)/python -m benchmarks.harness
 
 # The PDF is rebuilt with the author of _config.yml (or NAME, in place of
 # the placeholder) on its title page; the notebooks come from the cache.
 submission: setup html
-	@set -e; AUTHOR="$$($(BIN)/python -m lorabook.submission --author \
+	@set -e; AUTHOR="$$($(BIN)/python -m lorabook.book.submission --author \
 	    $(if $(NAME),--name '$(NAME)'))"; \
 	LORABOOK_AUTHOR="$$AUTHOR" $(WITH_ALLOC) $(BIN)/jupyter-book build book \
 	    --builder pdflatex
-	$(BIN)/python -m lorabook.submission $(if $(NAME),--name '$(NAME)')
+	$(BIN)/python -m lorabook.book.submission $(if $(NAME),--name '$(NAME)')
 
 clean:
 	rm -rf book/_build runs .cache

@@ -1,14 +1,14 @@
 """Back-to-back A/B runs of the benchmark's recipes and variants.
 
-Runs `lorabook.bench`'s child process for each named recipe or variant
+Runs `benchmarks.harness`'s child process for each named recipe or variant
 (each in a fresh process, so peak RSS is its own), on the same batch plan,
 alternating them `--reps` times so that drift of the machine hits all of
 them alike, and prints one line per run plus the ratio of each to the
 first name. Use it to measure one lever against a baseline; `lorabook
 bench` (benchmarks/README.md) measures them all at once.
 
-    .venv/bin/python benchmarks/ab_recipes.py lorabook lorabook_unfused
-    .venv/bin/python benchmarks/ab_recipes.py lorabook reference --steps 4 --reps 1
+    .venv/bin/python -m benchmarks.ab_recipes lorabook lorabook_unfused
+    .venv/bin/python -m benchmarks.ab_recipes lorabook reference --steps 4 --reps 1
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 
 def main() -> None:
-    from lorabook import bench as B
+    from benchmarks import harness as B
     from lorabook.config import load_config
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="+",

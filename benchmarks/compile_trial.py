@@ -6,8 +6,8 @@ decoder layer is compiled (`layer.compile(dynamic=True)`, one graph for all
 sequence lengths); the first step then includes the compilation. Run it
 twice, side by side, and compare steps 1-11:
 
-    .venv/bin/python benchmarks/compile_trial.py
-    .venv/bin/python benchmarks/compile_trial.py --compile
+    .venv/bin/python -m benchmarks.compile_trial
+    .venv/bin/python -m benchmarks.compile_trial --compile
 
 Trial on the 2-core build machine (2026-11-25, torch 2.13.0+cpu): the first
 compiled step took 51 s, the later ones ran at 646-764 real tokens/s against
@@ -27,7 +27,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 def main() -> None:
     import torch
-    from lorabook import bench as B, model as M, preprocess as P, train as T
+    from benchmarks import harness as B
+    from lorabook import model as M, preprocess as P
+    from lorabook.book import loop as L
     from lorabook.config import load_config
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,7 +39,7 @@ def main() -> None:
     cfg = B.recipe_config(load_config("default"), "lorabook")
     tok = M.load_tokenizer(cfg)
     train_ds = B._encoded(cfg, tok)["train"]
-    collate = P.Collator(tok, "longest")
+    collate = P.collator(tok, "longest")
     keys = ("input_ids", "attention_mask", "labels")
     steps = [[collate([{k: train_ds[i][k] for k in keys} for i in b])]
              for b in B.batch_plan(cfg, a.steps, train_ds)]
@@ -45,7 +47,7 @@ def main() -> None:
     if a.compile:
         for layer in model.get_base_model().model.layers:
             layer.compile(dynamic=True)
-    loop = T.LeanLoop(cfg, model, len(steps))
+    loop = L.LeanLoop(cfg, model, len(steps))
     torch.manual_seed(cfg.seed)
     model.train()
     for i, micro in enumerate(steps):

@@ -4,7 +4,7 @@ Chapter 5 compares the book's run with this one (benchmarks/data_size.json):
 the same recipe, split, seed and test passages, trained on `--n-train`
 passages for `--epochs` epochs. Rerun:
 
-    .venv/bin/python benchmarks/data_size.py --n-train 160 --epochs 3
+    .venv/bin/python -m benchmarks.data_size --n-train 160 --epochs 3
 """
 import argparse
 import datetime
@@ -30,9 +30,9 @@ def main():
                       output_dir=f"runs/data_size_{args.n_train}")
     run = T.train(cfg, verbose=False)
     tok = M.load_tokenizer(cfg)
-    _, _, enc = T.prepare_data(cfg, tok)
+    _, _, enc = P.prepare_data(cfg, tok)
     model = M.load_trained_model(cfg, run.adapter_dir)
-    sums, counts = E.response_nll(model, enc.splits["test"], P.Collator(tok),
+    sums, counts = E.response_nll(model, enc.splits["test"], P.collator(tok),
                                   cfg.eval_batch_size)
     out = dict(measured=str(datetime.date.today()), n_train=run.metrics["n_train"],
                epochs=cfg.epochs, train_steps=run.metrics["train_steps"],

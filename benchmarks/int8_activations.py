@@ -17,7 +17,7 @@ against the exact product in fp64. Activation noise has to pass through 30
 layers and the backward pass, so it is judged by the error, not only the
 speed.
 
-    .venv/bin/python benchmarks/int8_activations.py
+    .venv/bin/python -m benchmarks.int8_activations
 
 Run on the 2-core build machine (2026-12-02, torch 2.13.0+cpu, 2 threads):
 in two runs fbgemm gave 187-242 GFLOP/s against oneDNN's 122-150 (1.3-1.6x),
@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 
 def main() -> None:
-    from lorabook.bench import _best_seconds
+    from benchmarks.harness import _best_seconds
     warnings.filterwarnings("ignore")   # quantized tensors are deprecated
     torch.manual_seed(0)
     rows = 1024

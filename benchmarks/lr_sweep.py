@@ -4,7 +4,7 @@ Chapter 3 reads benchmarks/lr_sweep.json to justify the learning rate: the
 same recipe on a short run (`--n-train` passages, one epoch), one run per
 rate. Rerun:
 
-    .venv/bin/python benchmarks/lr_sweep.py
+    .venv/bin/python -m benchmarks.lr_sweep
 """
 import argparse
 import datetime

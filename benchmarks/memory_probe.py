@@ -6,13 +6,13 @@ the RSS after each stage, the RSS before that step and the step's own peak
 (Linux: VmHWM reset through /proc/self/clear_refs), and the tensors one
 forward pass keeps for the backward pass.
 
-    .venv/bin/python benchmarks/memory_probe.py lorabook
-    .venv/bin/python benchmarks/memory_probe.py lorabook --set gradient_checkpointing=true
+    .venv/bin/python -m benchmarks.memory_probe lorabook
+    .venv/bin/python -m benchmarks.memory_probe lorabook --set gradient_checkpointing=true
 
 The allocator is the process's own; compare, for instance:
 
-    LD_PRELOAD=$(.venv/bin/python -m lorabook.alloc) .venv/bin/python benchmarks/memory_probe.py
-    MALLOC_MMAP_THRESHOLD_=131072 .venv/bin/python benchmarks/memory_probe.py
+    LD_PRELOAD=$(.venv/bin/python -m lorabook.speed.alloc) .venv/bin/python -m benchmarks.memory_probe
+    MALLOC_MMAP_THRESHOLD_=131072 .venv/bin/python -m benchmarks.memory_probe
 
 Measured on the 2-core build machine (2026-12-01), lorabook's largest step
 (1,024 positions): +1765 MB under glibc, +921 MB with the fixed mmap
@@ -48,10 +48,11 @@ def reset_peak() -> None:
 def main() -> None:
     import warnings
     warnings.filterwarnings("ignore")
-    from lorabook import bench as B
+    from benchmarks import harness as B
     from lorabook import model as M
     from lorabook import preprocess as P
     from lorabook import train as T
+    from lorabook.book import loop as L
     from lorabook.config import load_config
     import torch
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,14 +68,14 @@ def main() -> None:
     rcfg = B.recipe_config(cfg, a.recipe)
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
     rcfg = rcfg.replace(**over) if over else rcfg
-    from lorabook.alloc import active
+    from lorabook.speed.alloc import active
     print("allocator", active())
     print("imports", round(status("VmRSS")), "MB")
     tok = M.load_tokenizer(rcfg)
     train_ds = B._encoded(rcfg, tok)["train"]
     plan = B.batch_plan(cfg, a.steps, train_ds)
     pad_to = B.REFERENCE_PAD_TO if rcfg.padding == "max_length" else rcfg.max_length
-    collate = P.Collator(tok, rcfg.padding, pad_to, rcfg.pad_to_multiple_of)
+    collate = P.collator(tok, rcfg.padding, pad_to, rcfg.pad_to_multiple_of)
     keys = ("input_ids", "attention_mask", "labels")
     mb = T.micro_batch(rcfg) if rcfg.label_only_head else rcfg.batch_size
     steps = [[collate([{k: train_ds[i][k] for k in keys} for i in b[j:j + mb]])
@@ -83,7 +84,7 @@ def main() -> None:
     print("data", round(status("VmRSS")), "MB")
     model = M.load_model(rcfg)
     print("model", round(status("VmRSS")), "MB")
-    loop = T.LeanLoop(rcfg, model, len(steps) + 1)
+    loop = L.LeanLoop(rcfg, model, len(steps) + 1)
     model.train()
     torch.manual_seed(0)
     for s in steps[:a.warmup]:

@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from lorabook.data import (  # noqa: E402
+from lorabook.sotu.cleaning import (  # noqa: E402
     CONTINUATION_WORDS, MAX_EXAMPLES, OPENING_WORDS, RULE_DESCRIPTIONS,
     RULE_ORDER, clean_text, make_passages, n_words, split_sentences)
 

@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def forced_bf16_cpu():
     """LORABOOK_FORCE_BF16=1 (or 0) makes the whole suite run as on a CPU
     with (without) native bf16: `int8cpu.is_fast_bf16_cpu`, which decides
-    bf16 autocast (`model.use_bf16`) and Int8Linear's default compute dtype,
+    bf16 autocast (`model.use_bf16`) and the fast int8 product's compute dtype,
     answers that instead of reading the CPU flags. Read only here, by the
     tests; the library never sees the variable. Tests that test a branch pin
     it themselves (monkeypatch or `Config(bf16=...)`), so the suite must
@@ -20,17 +20,23 @@ def forced_bf16_cpu():
     if forced not in ("0", "1"):
         yield None
         return
-    from lorabook import int8cpu
+    from lorabook.speed import int8cpu
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(int8cpu, "is_fast_bf16_cpu", lambda: forced == "1")
         yield forced == "1"
+
+
+# LORABOOK_SPEED_LAYER=0 runs the suite with the CPU speed layer off in the
+# tiny config: plain PEFT + Trainer + bitsandbytes. Tests of the speed layer
+# itself turn it on explicitly (`speed_layer=True`).
+SPEED_LAYER = os.environ.get("LORABOOK_SPEED_LAYER", "1") != "0"
 
 
 @pytest.fixture(scope="session")
 def tiny_cfg(tmp_path_factory):
     from lorabook.config import load_config
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    return load_config("tiny", output_dir=str(out))
+    return load_config("tiny", output_dir=str(out), speed_layer=SPEED_LAYER)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,11 @@
-"""lorabook.alloc: which C allocator a new process runs under."""
+"""lorabook.speed.alloc: which C allocator a new process runs under."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from lorabook import alloc
+from lorabook.speed import alloc
 
 
 def test_child_env_adds_and_removes_tcmalloc_keeping_other_preloads(monkeypatch):
@@ -34,7 +34,7 @@ def test_opt_out_by_environment(monkeypatch):
 
 @pytest.mark.skipif(alloc.tcmalloc_path() is None, reason="no tcmalloc here")
 def test_a_child_really_runs_under_the_chosen_allocator():
-    code = "from lorabook.alloc import active; print(active())"
+    code = "from lorabook.speed.alloc import active; print(active())"
     for name in ("tcmalloc", "system"):
         env = alloc.child_env(dict(os.environ), name)
         out = subprocess.run([sys.executable, "-c", code], env=env,

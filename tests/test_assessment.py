@@ -8,7 +8,7 @@ import copy
 
 import pytest
 
-from lorabook import assessment as A
+from lorabook.book import assessment as A
 
 
 def sys_metrics(**kw):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lorabook import bench as B
+from benchmarks import harness as B
 
 STEPS = 2
 
@@ -116,7 +116,7 @@ def test_cached_result_is_reused(result, bench_cfg):
 def test_lorabook_recipe_keeps_the_configs_bf16(tiny_cfg, bf16, monkeypatch):
     """Both branches on any CPU: the recipe follows cfg.bf16 whatever the
     CPU, and None still means "where the CPU has native bf16"."""
-    from lorabook import int8cpu
+    from lorabook.speed import int8cpu
     from lorabook import model as M
     for recipe in ("lorabook", "lorabook_unfused", "lorabook_lowmem"):
         rcfg = B.recipe_config(tiny_cfg.replace(bf16=bf16), recipe)
@@ -143,7 +143,7 @@ def test_bf16_recipe_skips_the_onednn_ab(tiny_cfg):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_machine_info_reports_the_bf16_decision(monkeypatch, native):
-    from lorabook import int8cpu
+    from lorabook.speed import int8cpu
     monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: native)
     assert B.machine_info()["native_bf16"] is native
 
@@ -198,7 +198,7 @@ def test_profile_categories():
         _ev("aten::nll_loss_forward", fwd, 1),
         _ev("aten::mul", fwd, 2),
     ]
-    # lorabook.fused: the LM head's softmax over the vocabulary belongs to
+    # lorabook.speed.fused: the LM head's softmax over the vocabulary belongs to
     # the loss, the fp32 attention backward to attention.
     lce = _ev("_LinearCrossEntropy", fwd, 0.5)
     att_bwd = _ev("_AttentionFp32BackwardBackward", bwd, 0.25)
@@ -214,7 +214,7 @@ def test_profile_categories():
 
 
 def test_each_recipe_runs_under_its_allocator(result):
-    from lorabook.alloc import tcmalloc_path
+    from lorabook.speed.alloc import tcmalloc_path
     res, _ = result
     ours = "tcmalloc" if tcmalloc_path() else "system"
     assert res["reference"]["allocator"] == "system"

@@ -30,7 +30,7 @@ def test_name_and_code_link_are_set_in_one_place():
     assert cfg["author"] and cfg["repository"]["url"]
     # No second copy of the code link: the extension sets `release`.
     assert "release" not in cfg["sphinx"].get("config", {})
-    assert "lorabook.sphinx_ext" in cfg["sphinx"]["extra_extensions"]
+    assert "lorabook.book.sphinx_ext" in cfg["sphinx"]["extra_extensions"]
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_glued_numbers_have_at_most_4_significant_digits(built):
 
 def test_submission_zip_contents(built, tmp_path):
     from lorabook.config import LorabookError
-    from lorabook.submission import make_submission
+    from lorabook.book.submission import make_submission
     with pytest.raises(LorabookError, match="Lastname_Firstname"):
         make_submission("nobody", build=built, out_dir=tmp_path)
     if student()["placeholders"] and student()["author"] != AUTHOR:

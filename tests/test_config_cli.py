@@ -63,7 +63,7 @@ def test_cli_data_prints_real_statistics(capsys, tmp_path, tokenizer):
 
 
 @pytest.mark.parametrize("argv", [
-    ["train"], ["evaluate"], ["export", "--output", "x"], ["bench"],
+    ["train"], ["evaluate"], ["export", "--output", "x"],
     ["data", "data/sotu_passages.jsonl", "--no-tokens"]])
 @pytest.mark.parametrize("problem", ["missing", "invalid", "unknown"])
 def test_every_subcommand_exits_2_on_config_errors(capsys, tmp_path, argv,

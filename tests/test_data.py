@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 
 from lorabook.config import REPO_ROOT, LorabookError
-from lorabook.data import (CONTINUATION_WORDS, OPENING_WORDS, clean_samples,
-                           clean_text, describe, load_cleaning_report,
-                           load_samples, make_passages, n_words, preview,
-                           split_samples, split_sentences)
+from lorabook.data import (clean_samples, describe, load_cleaning_report,
+                           load_samples, preview, split_samples)
+from lorabook.sotu.cleaning import (CONTINUATION_WORDS, OPENING_WORDS,
+                                    clean_text, make_passages, n_words,
+                                    split_sentences)
 
 SOTU = REPO_ROOT / "data" / "sotu_passages.jsonl"
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lorabook import train as T
+from lorabook import preprocess as P
 from lorabook.config import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_torchrun_two_processes_shard_the_data_and_agree(tmp_path, tiny_cfg,
                for r in (0, 1)]
     assert [len(b) for b in batches] == [9, 9]
     assert all(a != b for a, b in zip(*batches))
-    _, _, enc = T.prepare_data(tiny_cfg, tokenizer)
+    _, _, enc = P.prepare_data(tiny_cfg, tokenizer)
     train_rows = Counter(map(tuple, enc.splits["train"]["input_ids"]))
     assert sum(train_rows.values()) == 48
 

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from lorabook import evaluate as E
+from lorabook import generation as G
+from lorabook.sotu import prompts as S
 from lorabook import model as M
 from lorabook import preprocess as P
 from lorabook.config import LorabookError
@@ -27,7 +29,7 @@ def scored(tiny_cfg, tokenizer):
 
 def test_perplexity_matches_hand_computation(scored, tokenizer):
     model, ds, rows = scored
-    sums, counts = E.response_nll(model, ds, P.Collator(tokenizer), 2)
+    sums, counts = E.response_nll(model, ds, P.collator(tokenizer), 2)
     total, n = 0.0, 0
     model.eval()
     with torch.no_grad():
@@ -46,9 +48,9 @@ def test_perplexity_matches_hand_computation(scored, tokenizer):
 @pytest.mark.parametrize("bs", [1, 2, 3])
 def test_perplexity_independent_of_batch_and_padding(scored, tokenizer, bs):
     model, ds, _ = scored
-    ref = E.response_nll(model, ds, P.Collator(tokenizer), 3)
-    dyn = E.response_nll(model, ds, P.Collator(tokenizer), bs)
-    fixed = E.response_nll(model, ds, P.Collator(tokenizer, "max_length", 96), bs)
+    ref = E.response_nll(model, ds, P.collator(tokenizer), 3)
+    dyn = E.response_nll(model, ds, P.collator(tokenizer), bs)
+    fixed = E.response_nll(model, ds, P.collator(tokenizer, "max_length", 96), bs)
     for s, c in (dyn, fixed):
         assert (c == ref[1]).all()
         np.testing.assert_allclose(s, ref[0], rtol=1e-4)
@@ -59,9 +61,10 @@ def test_fast_response_nll_equals_full_logits(scored, tokenizer, bs):
     """The label-only, length-sorted path gives each example (in the
     dataset's order) what full logits in corpus order give, with the
     adapter on and off."""
+    from lorabook.speed.label_only import backbone_and_head
     model, ds, _ = scored
-    assert E.T.backbone_and_head(model) is not None   # the fast path runs
-    collator = P.Collator(tokenizer)
+    assert backbone_and_head(model) is not None   # the fast path runs
+    collator = P.collator(tokenizer)
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     g = torch.Generator().manual_seed(0)
     try:
@@ -135,7 +138,7 @@ def test_generation_stops_at_eos_and_cuts_there(scored, tokenizer,
         return real(input_ids=input_ids, logits_processor=LogitsProcessorList(
             [Force(input_ids.shape[1])]), **kw)
     monkeypatch.setattr(model, "generate", generate)
-    g = E.generate(model, tokenizer, ["Hello.", "Hi there, longer."],
+    g = G.generate(model, tokenizer, ["Hello.", "Hi there, longer."],
                    max_new_tokens=6)
     assert g[0] == dict(text=tokenizer.decode([a, a]).strip(), stopped=True,
                         n_tokens=3)
@@ -146,8 +149,8 @@ def test_generation_stops_at_eos_and_cuts_there(scored, tokenizer,
 def test_generation_batched_and_stops(scored, tokenizer):
     model, _, _ = scored
     prompts = ["1790, George Washington (No party):\nHello.", "Hi."]
-    a = E.generate(model, tokenizer, prompts, max_new_tokens=5)
-    b = [E.generate(model, tokenizer, [p], max_new_tokens=5)[0] for p in prompts]
+    a = G.generate(model, tokenizer, prompts, max_new_tokens=5)
+    b = [G.generate(model, tokenizer, [p], max_new_tokens=5)[0] for p in prompts]
     assert [g["text"] for g in a] == [g["text"] for g in b]   # padding-safe
     assert all(g["n_tokens"] <= 5 for g in a)
 
@@ -163,12 +166,12 @@ def test_evaluate_run_writes_metrics(tiny_cfg, tiny_run):
     lo, hi = s["finetuned_test_perplexity_ci"]
     assert lo <= s["finetuned_test_perplexity"] <= hi
     gens = E.load_generations(tiny_run.path)
-    assert len(gens) == tiny_cfg.n_generation_prompts + len(E.NEW_PROMPTS)
+    assert len(gens) == tiny_cfg.n_generation_prompts + len(S.NEW_PROMPTS)
     assert all(r[k] is not None for r in gens for k in E.SYSTEMS)
     g = res["generation"]
     assert set(g["seconds"]) >= set(E.SYSTEMS)
     assert [r["decoding"] for r in g["decoding_comparison"]["rows"]] == [
-        E.DECODING_NAME, *E.DECODING_ALTERNATIVES, "real continuations"]
+        G.DECODING_NAME, *G.DECODING_ALTERNATIVES, "real continuations"]
     st = res["style"]
     assert 0 <= st["real"]["balanced"] <= 1 and st["chance"] == pytest.approx(
         1 / len(st["eras"]))
@@ -185,15 +188,15 @@ def _sample(i, year, president="George Washington", group=None,
 
 
 def test_sotu_prompts_parse_and_instruct():
-    p = E.parse_sotu_prompt("1850, Millard Fillmore (Whig):\nThe harvest.")
+    p = S.parse_sotu_prompt("1850, Millard Fillmore (Whig):\nThe harvest.")
     assert p == dict(year=1850, president="Millard Fillmore", party="Whig",
                      opening="The harvest.")
-    assert E.parse_sotu_prompt("Hello there") is None
-    told = E.instructed_prompt("1850, Millard Fillmore (Whig):\nThe harvest.")
+    assert S.parse_sotu_prompt("Hello there") is None
+    told = G.instructed_prompt("1850, Millard Fillmore (Whig):\nThe harvest.")
     assert "State of the Union" in told and "Millard Fillmore" in told
     assert "1850" in told and told.endswith("The harvest.")
     # other data: the task said in general words, the prompt kept whole
-    assert E.instructed_prompt("Q: why?").endswith("Q: why?")
+    assert G.instructed_prompt("Q: why?").endswith("Q: why?")
 
 
 def test_new_sotu_prompts_are_not_in_the_corpus():
@@ -204,7 +207,7 @@ def test_new_sotu_prompts_are_not_in_the_corpus():
                              min_samples=1)
     splits = dict(train=samples[:50], validation=[], test=samples[50:60])
     new = E.new_prompts(splits, samples)
-    assert len(new) == len(E.NEW_PROMPTS)
+    assert len(new) == len(S.NEW_PROMPTS)
     assert not any(p["pair_in_data"] for p in new)
     assert all(p["opening_overlap"] < 8 for p in new)
     # the check is real: a pair that is in the data is flagged
@@ -252,16 +255,16 @@ def test_few_shot_uses_the_nearest_year_and_chat_turns(tokenizer):
     train = [_sample(0, 1790, response="Early."),
              _sample(1, 1901, response="Middle."),
              _sample(2, 2001, response="Late.")]
-    turns = E.few_shot("1910, William H Taft (Republican):\nHello.", train)
+    turns = G.few_shot("1910, William H Taft (Republican):\nHello.", train)
     assert len(turns) == 3 and turns[1] == "Middle."
     assert "1901" in turns[0] and "1910" in turns[2]
-    ids = E.chat_ids(turns, tokenizer)
+    ids = G.chat_ids(turns, tokenizer)
     text = tokenizer.decode(ids)
     assert text.index("Middle.") < text.index("Hello.")
     assert ids[-len(E.P.prompt_ids(turns[2], tokenizer)):] == \
         E.P.prompt_ids(turns[2], tokenizer)
     with pytest.raises(LorabookError):
-        E.chat_ids(turns[:2], tokenizer)
+        G.chat_ids(turns[:2], tokenizer)
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorabook import fused
+from lorabook.speed import fused
 
 
 def _grads(fn, *xs):
@@ -143,7 +143,7 @@ def _tiny_lora(base):
 def test_apply_keeps_a_lora_models_loss_and_gradients():
     """A whole Llama + LoRA step (fp64, dropout off so the masks agree):
     the patched model gives the same loss and LoRA gradients."""
-    from lorabook.train import label_only_loss
+    from lorabook.speed.label_only import label_only_loss
 
     def run(lean):
         model = _tiny_lora(_tiny_llama())
@@ -213,7 +213,7 @@ def test_dropout_linear_is_mask_dropout_then_linear(dtype, bf16):
 def test_lora_adapters_share_their_saved_input():
     """With dropout, q's and v's adapters keep the layer's normalised input
     once instead of one dropped-out copy each; the step is unchanged."""
-    from lorabook.bench import saved_tensor_mb
+    from benchmarks.harness import saved_tensor_mb
     from peft import LoraConfig, get_peft_model
     base = _tiny_llama()
     base.requires_grad_(False)

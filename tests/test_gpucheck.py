@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lorabook import gpucheck
+from benchmarks import gpu_check as gpucheck
 
 pytestmark = pytest.mark.slow
 

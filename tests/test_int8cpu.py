@@ -1,6 +1,6 @@
-"""Correctness of lorabook.int8cpu: numerics vs fp32 and bitsandbytes, and
-that peft LoRA + prepare_model_for_kbit_training + an optimizer step keep the
-frozen weights int8 and train only LoRA parameters."""
+"""Correctness of lorabook.speed.int8cpu: the fast CPU product on
+bitsandbytes' own 8-bit layers against fp32 and against bitsandbytes, the
+inference cache, and that LoRA training keeps the frozen weights int8."""
 from __future__ import annotations
 
 import warnings
@@ -9,12 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from lorabook.int8cpu import (Int8Linear, dequantize_model,
-                              dequantized_for_inference, model_nbytes,
-                              quantize_model_8bit)
+from lorabook.speed import int8cpu
+from lorabook.speed.int8cpu import (bnb_int8_state, dequantized_for_inference,
+                                    use_fast_cpu_products)
 
-peft = pytest.importorskip("peft")
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
+bnb = pytest.importorskip("bitsandbytes")
 
 
 def rel(a, b):
@@ -26,14 +25,24 @@ def _linear(in_f=256, out_f=192, seed=0):
     return nn.Linear(in_f, out_f)
 
 
+def _bnb_layer(lin: nn.Linear, fast: bool = True, compute_dtype=torch.float32):
+    """bitsandbytes' Linear8bitLt holding `lin`'s weights (quantized as
+    `BitsAndBytesConfig(load_in_8bit=True)` does), optionally switched to
+    the fast product; returned inside a Sequential, as in a model."""
+    b = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features,
+                            bias=lin.bias is not None, has_fp16_weights=False)
+    b.load_state_dict(lin.state_dict())
+    model = nn.Sequential(b.to("cpu"))
+    if fast:
+        assert use_fast_cpu_products(model, compute_dtype=compute_dtype) == 1
+    return model
+
+
 @pytest.mark.parametrize("compute_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("mode", ["dequant", "int8mm"])
-@pytest.mark.parametrize("save_dequantized", [False, True])
-def test_forward_backward_vs_fp32(compute_dtype, mode, save_dequantized):
+def test_fast_product_forward_backward_vs_fp32(compute_dtype):
     lin = _linear()
-    q = Int8Linear.from_linear(lin, compute_dtype=compute_dtype, mode=mode,
-                               save_dequantized=save_dequantized)
-    assert q.weight.dtype == torch.int8 and not q.weight.requires_grad
+    q = _bnb_layer(lin, compute_dtype=compute_dtype)
+    assert q[0].weight.dtype == torch.int8 and not q[0].weight.requires_grad
     x = torch.randn(3, 20, 256, requires_grad=True)
     y_ref = lin(x)
     g = torch.randn_like(y_ref)
@@ -42,22 +51,18 @@ def test_forward_backward_vs_fp32(compute_dtype, mode, save_dequantized):
     y = q(x2)
     assert y.dtype == torch.float32 and y.shape == y_ref.shape
     (gx,) = torch.autograd.grad(y, x2, g)
-    # int8 row-wise weights: ~0.5% relative error; bf16 compute adds ~0.3%;
-    # per-token int8 activations (int8mm) roughly double it.
-    tol = 0.02 if mode == "int8mm" else 0.012
-    assert rel(y, y_ref) < tol
-    assert rel(gx, gx_ref) < 0.012  # backward always uses dequantized weights
+    # int8 row-wise weights: ~0.5% relative error; bf16 compute adds ~0.3%.
+    assert rel(y, y_ref) < 0.012
+    assert rel(gx, gx_ref) < 0.012
+    if compute_dtype == torch.float32:     # exactly x @ (codes * scale)^T + b
+        codes, scale = bnb_int8_state(q[0])
+        w = codes.float() * scale[:, None]
+        torch.testing.assert_close(y, nn.functional.linear(x2, w, lin.bias))
+        torch.testing.assert_close(gx, g @ w)
 
 
-def test_matches_dequantized_weight_exactly_in_fp32():
-    lin = _linear()
-    q = Int8Linear.from_linear(lin, compute_dtype=torch.float32)
-    x = torch.randn(5, 256)
-    torch.testing.assert_close(q(x), nn.functional.linear(x, q.dequantize(), lin.bias))
-
-
-def test_autocast_output_dtype_and_grad():
-    q = Int8Linear.from_linear(_linear(), compute_dtype=torch.float32)
+def test_fast_product_under_autocast_outputs_bf16_and_grads_fp32():
+    q = _bnb_layer(_linear())
     x = torch.randn(4, 256, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = q(x)
@@ -66,77 +71,44 @@ def test_autocast_output_dtype_and_grad():
     assert x.grad is not None and x.grad.dtype == torch.float32
 
 
-def test_vs_bitsandbytes():
-    bnb = pytest.importorskip("bitsandbytes")
+def test_fast_product_not_worse_than_bitsandbytes_with_an_outlier():
     lin = _linear(512, 384)
     x = torch.randn(2, 24, 512)
     x[..., 7] *= 20  # an outlier feature, as in LLM.int8()
     y_ref = lin(x)
-    g = torch.randn_like(y_ref)
-    q = Int8Linear.from_linear(lin, compute_dtype=torch.bfloat16)
-    xq = x.clone().requires_grad_(True)
-    yq = q(xq)
-    yq.backward(g)
-    gx_ref = g @ lin.weight.detach()
-    err_ours = rel(yq, y_ref)
-    for threshold in (6.0, 0.0):
-        b = bnb.nn.Linear8bitLt(512, 384, bias=True, has_fp16_weights=False, threshold=threshold)
-        b.load_state_dict(lin.state_dict())
-        b = b.to("cpu")
-        xb = x.clone().requires_grad_(True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yb = b(xb)
-            yb.float().backward(g)
-        err_bnb = rel(yb, y_ref)
-        # Same weight quantization (row-wise absmax int8): both near fp32 and
-        # each other; ours is not worse than bnb by more than the bf16 rounding.
-        assert err_bnb < 0.02 and err_ours < 0.02
-        assert err_ours < err_bnb + 0.005
-        assert rel(yq, yb) < 0.02
-        assert rel(xq.grad, xb.grad) < 0.02
-        assert rel(xq.grad, gx_ref) < 0.012
-    # Same int8 codes and scales as bitsandbytes' Int8Params.
-    assert torch.equal(b.weight.data.cpu(), q.weight.data) or \
-        (b.weight.data.cpu().int() - q.weight.data.int()).abs().max() <= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y_bnb = _bnb_layer(lin, fast=False)(x)
+    y_fast = _bnb_layer(lin, compute_dtype=torch.bfloat16)(x)
+    assert rel(y_bnb, y_ref) < 0.02 and rel(y_fast, y_ref) < 0.02
+    assert rel(y_fast, y_ref) < rel(y_bnb, y_ref) + 0.005
 
 
-def _tiny_llama(seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
-                      tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).eval()
-
-
-def test_quantize_model_logits_and_memory():
-    ref = _tiny_llama()
-    model = _tiny_llama()
-    before = model_nbytes(model)
-    quantize_model_8bit(model, compute_dtype=torch.float32)
-    after = model_nbytes(model)
-    n_lin = sum(isinstance(m, Int8Linear) for m in model.modules())
-    assert n_lin == 2 * 7  # q,k,v,o,gate,up,down per layer; lm_head skipped
-    assert isinstance(model.lm_head, nn.Linear) and not isinstance(model.lm_head, Int8Linear)
-    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
-    assert after < before
+def test_8bit_model_logits_near_fp32_and_smaller(tiny_cfg):
+    from lorabook import model as M
+    ref = M.load_base_model(tiny_cfg, quantize=False).eval()
+    q = M.load_base_model(tiny_cfg.replace(quant_backend="int8cpu")).eval()
+    assert q.lorabook_fast_int8 == 14          # q,k,v,o,gate,up,down x 2
+    assert q.get_memory_footprint() < ref.get_memory_footprint()
     ids = torch.randint(0, 1000, (2, 16))
     with torch.no_grad():
-        assert rel(model(ids).logits, ref(ids).logits) < 0.02
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert rel(model(ids).logits, ref(ids).logits) < 0.05
+        assert rel(q(ids).logits, ref(ids).logits) < 0.02
 
 
-def test_dequantized_for_inference_same_outputs_and_freed():
-    model = quantize_model_8bit(_tiny_llama(), compute_dtype=torch.float32)
+def test_dequantized_for_inference_same_outputs_and_freed(tiny_cfg):
+    from lorabook import model as M
+    model = M.load_base_model(tiny_cfg.replace(quant_backend="int8cpu",
+                                               bf16=False)).eval()
+    for m in model.modules():          # pin fp32 products on any CPU
+        if hasattr(m, "compute_dtype"):
+            m.compute_dtype = torch.float32
     ids = torch.randint(0, 1000, (2, 16))
     with torch.no_grad():
         plain = model(ids).logits
         plain_gen = model.generate(ids, max_new_tokens=6, do_sample=False)
         with dequantized_for_inference(model):
-            layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
-            assert all(m._inference_weight is not None for m in layers)
+            layers = int8cpu._fast_int8_layers(model)
+            assert layers and all(m._inference_weight is not None for m in layers)
             cached = model(ids).logits
             cached_gen = model.generate(ids, max_new_tokens=6, do_sample=False)
     assert torch.equal(cached, plain)
@@ -154,32 +126,25 @@ def test_dequantized_for_inference_same_outputs_and_freed():
     assert all(m._inference_weight is None for m in layers)
 
 
-@pytest.mark.parametrize("use_prepare", [True, False])
-def test_peft_lora_training_keeps_int8(use_prepare):
-    model = quantize_model_8bit(_tiny_llama())
-    if use_prepare:
-        model = prepare_model_for_kbit_training(model)
-    assert all(m.weight.dtype == torch.int8 for m in model.modules() if isinstance(m, Int8Linear))
-    cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                     task_type="CAUSAL_LM")
-    model = get_peft_model(model, cfg)
+def test_lora_training_keeps_the_bitsandbytes_weights_int8(tiny_cfg):
+    from lorabook import model as M
+    model = M.load_model(tiny_cfg.replace(quant_backend="int8cpu",
+                                          lora_dropout=0.0))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    assert len(trainable) == 2 * 2 * 2  # A,B x q,v x 2 layers
-    wrapped = [m for n, m in model.named_modules() if n.endswith("q_proj")]
-    assert wrapped and all(isinstance(m.base_layer, Int8Linear) for m in wrapped)
-    # LoRA weights must stay float (peft must not cast them to the int8 base dtype).
-    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
-
-    q_before = {n: b.clone() for n, b in model.state_dict().items() if b.dtype == torch.int8}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters()
+               if "lora_" in n)
+    q_before = {n: b.clone() for n, b in model.state_dict().items()
+                if b.dtype == torch.int8}
+    assert q_before
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                            lr=1e-2)
     torch.manual_seed(1)
     ids = torch.randint(0, 1000, (4, 24))
     model.train()
     losses = []
     for _ in range(6):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids).loss
+        loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -188,108 +153,37 @@ def test_peft_lora_training_keeps_int8(use_prepare):
     after = model.state_dict()
     for n, b in q_before.items():
         assert after[n].dtype == torch.int8 and torch.equal(after[n], b)
-    for m in model.modules():
-        if isinstance(m, Int8Linear):
-            assert m.weight.grad is None
-
-
-def test_dequantize_then_merge_matches_unmerged():
-    model = quantize_model_8bit(_tiny_llama(), compute_dtype=torch.float32)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    model = get_peft_model(model, cfg).eval()
-    ids = torch.randint(0, 1000, (2, 12))
-    with torch.no_grad():
-        y_lora = model(ids).logits
-        dequantize_model(model)
-        assert not any(isinstance(m, Int8Linear) for m in model.modules())
-        merged = model.merge_and_unload()
-        torch.testing.assert_close(merged(ids).logits, y_lora, rtol=1e-4, atol=1e-4)
-
-
-def test_load_float_state_dict_quantizes():
-    lin = _linear(64, 32)
-    q = Int8Linear(64, 32, compute_dtype=torch.float32)
-    q.load_state_dict(lin.state_dict(), strict=False)
-    assert q.weight.dtype == torch.int8
-    x = torch.randn(3, 64)
-    assert rel(q(x), lin(x)) < 0.012
-
-
-def test_load_quantized_equals_load_then_quantize(tmp_path):
-    """Streaming int8 load gives exactly the model of from_pretrained +
-    quantize_model_8bit (weights, scales, tied head, rotary buffers)."""
-    from transformers import AutoModelForCausalLM
-    from lorabook.int8cpu import load_quantized, read_safetensors
-    _tiny_llama().save_pretrained(tmp_path, safe_serialization=True)
-    names = [n for n, _ in read_safetensors(next(tmp_path.glob("*.safetensors")))]
-    assert "model.embed_tokens.weight" in names
-    streamed = load_quantized(tmp_path)
-    ref = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
-    quantize_model_8bit(ref)
-    a, b = streamed.state_dict(), ref.state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    for (n, x), (_, y) in zip(streamed.named_buffers(), ref.named_buffers()):
-        assert torch.equal(x, y), n          # non-persistent too (inv_freq)
-    assert streamed.lm_head.weight is streamed.model.embed_tokens.weight
-    assert not streamed.training
-    ids = torch.randint(0, 1000, (2, 9))
-    with torch.no_grad():
-        assert torch.equal(streamed(ids).logits, ref.eval()(ids).logits)
-
-
-def test_load_quantized_falls_back_on_foreign_checkpoints(tmp_path):
-    from safetensors.torch import save_file
-    from lorabook.int8cpu import load_quantized
-    assert load_quantized(tmp_path / "missing") is None
-    _tiny_llama().config.save_pretrained(tmp_path)
-    save_file({"transformer.h.0.weight": torch.zeros(2, 2)},
-              str(tmp_path / "model.safetensors"))
-    assert load_quantized(tmp_path) is None       # names do not match
-
-
-def test_read_safetensors_reads_in_place_only_when_it_fits(tmp_path):
-    from safetensors.torch import save_file
-    from lorabook.int8cpu import read_safetensors
-    a, b = torch.randn(3, 4), torch.randn(5).to(torch.bfloat16)
-    save_file({"a": a, "b": b}, str(tmp_path / "m.safetensors"))
-    dest_a = torch.zeros(3, 4)
-    wrong_b = torch.zeros(5)                      # fp32: not the file's bf16
-    got = dict(read_safetensors(tmp_path / "m.safetensors",
-                                into={"a": dest_a, "b": wrong_b}))
-    assert got["a"] is dest_a and torch.equal(dest_a, a)
-    assert got["b"] is not wrong_b and torch.equal(got["b"], b)
-    assert torch.equal(wrong_b, torch.zeros(5))   # left untouched
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_default_compute_dtype_follows_the_bf16_decision(monkeypatch, native):
-    """Int8Linear's default matmul dtype is bf16 exactly where the CPU has
+    """The fast product's default dtype is bf16 exactly where the CPU has
     native bf16 (pinned here both ways, whatever this CPU has)."""
-    from lorabook import int8cpu
     monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: native)
     want = torch.bfloat16 if native else torch.float32
     assert int8cpu.default_compute_dtype() == want
-    assert Int8Linear(64, 32).compute_dtype == want
+    model = nn.Sequential(_bnb_layer(_linear(64, 32), fast=False)[0])
+    use_fast_cpu_products(model)
+    assert model[0].compute_dtype == want
 
 
 @pytest.mark.parametrize("in_f,out_f", [(96, 320), (320, 96)])
 @pytest.mark.parametrize("onednn", [True, False])
-def test_fp32_products_agree_on_both_paths(monkeypatch, in_f, out_f, onednn):
+def test_fp32_products_agree_on_both_paths(in_f, out_f, onednn):
     """Widening products (and the input gradient of narrowing ones) may go
     through oneDNN instead of sgemm: the values must not change beyond
     fp32 rounding, forward and backward."""
-    from lorabook import int8cpu
-    monkeypatch.setattr(int8cpu, "ONEDNN_WIDENING", onednn)
     lin = _linear(in_f, out_f)
-    q = Int8Linear.from_linear(lin, compute_dtype=torch.float32)
+    q = _bnb_layer(lin)
+    codes, scale = bnb_int8_state(q[0])
+    w = codes.float() * scale[:, None]
     x = torch.randn(4, 33, in_f, requires_grad=True)
-    y = q(x)
-    g = torch.randn_like(y)
-    (gx,) = torch.autograd.grad(y, x, g)
+    with int8cpu.onednn_widening(onednn):
+        y = q(x)
+        g = torch.randn_like(y)
+        (gx,) = torch.autograd.grad(y, x, g)
     x2 = x.detach().clone().requires_grad_(True)
-    y2 = nn.functional.linear(x2, q.dequantize(), lin.bias)
+    y2 = nn.functional.linear(x2, w, lin.bias)
     (gx2,) = torch.autograd.grad(y2, x2, g)
     torch.testing.assert_close(y, y2)
     torch.testing.assert_close(gx, gx2)
@@ -302,7 +196,7 @@ def test_linear_takes_onednn_only_for_widening_products_without_grad(
     the widening fp32 product goes to oneDNN (bf16 never does); off, none."""
     from torch.profiler import profile
 
-    from lorabook import int8cpu
+    from lorabook.speed import int8cpu
     if not int8cpu._onednn_linear_available():
         pytest.skip("this PyTorch build has no oneDNN linear")
     monkeypatch.setattr(int8cpu, "ONEDNN_WIDENING", onednn)
@@ -335,7 +229,7 @@ def test_fast_cpu_product_matches_bitsandbytes_forward(tiny_cfg, dtype):
     """
     import bitsandbytes as bnb
     from lorabook import model as M
-    from lorabook.int8cpu import bnb_int8_state, use_fast_cpu_products
+    from lorabook.speed.int8cpu import bnb_int8_state, use_fast_cpu_products
     ref = M.load_base_model(tiny_cfg, backend="bitsandbytes")
     fast = M.load_base_model(tiny_cfg, backend="bitsandbytes")
     n = use_fast_cpu_products(fast, compute_dtype=dtype)

@@ -49,7 +49,7 @@ def test_8bit_lora_model_trains_only_adapters(tiny_cfg, tokenizer):
     assert trainable and all("lora_" in n for n in trainable)
     ex = P.encode("1790, George Washington (No party):\nHello.", "World.",
                   tokenizer, 64)
-    batch = P.Collator(tokenizer)([ex, ex])
+    batch = P.collator(tokenizer)([ex, ex])
     out = model(**batch)
     assert math.isfinite(out.loss.item())
     assert out.logits.shape == (2, len(ex["input_ids"]), len(tokenizer))
@@ -63,12 +63,12 @@ def test_missing_model_gives_clear_error(tiny_cfg, tmp_path):
 
 @pytest.mark.parametrize("backend", ["bitsandbytes", "int8cpu"])
 def test_label_only_head_loss_equals_model_loss(tiny_cfg, tokenizer, backend):
-    from lorabook.train import label_only_loss
+    from lorabook.speed.label_only import label_only_loss
     cfg = tiny_cfg.replace(quant_backend=backend)
     model = M.load_model(cfg)
     exs = [P.encode("1790, George Washington (No party):\nHello.", r, tokenizer, 64)
            for r in ("World.", "A longer response to pad the other one.")]
-    batch = P.Collator(tokenizer)(exs)
+    batch = P.collator(tokenizer)(exs)
     full = model(**batch).loss
     fast = label_only_loss(model, batch)
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
@@ -81,7 +81,7 @@ def test_int8cpu_backend_is_bitsandbytes_model(tiny_cfg):
     """The fast CPU product keeps bitsandbytes' own layers, codes and scales;
     only who multiplies changes."""
     import bitsandbytes as bnb
-    from lorabook.int8cpu import bnb_int8_state
+    from lorabook.speed.int8cpu import bnb_int8_state
     fast = M.load_model(tiny_cfg.replace(quant_backend="int8cpu"))
     plain = M.load_model(tiny_cfg.replace(quant_backend="bitsandbytes"))
     layers = [m for m in fast.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
@@ -105,7 +105,7 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_cfg, tokenizer):
     """Gradient accumulation over micro-batches, each loss divided by the
     whole batch's learned tokens, equals one full batch (bench and Trainer
     both rely on this)."""
-    from lorabook.train import label_only_loss
+    from lorabook.speed.label_only import label_only_loss
     model = M.load_model(tiny_cfg.replace(lora_dropout=0.0))
     exs = [P.encode("1790, George Washington (No party):\nHello.", r, tokenizer, 64)
            for r in ("World.", "A longer response to pad the other one.",
@@ -116,7 +116,7 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_cfg, tokenizer):
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
-    collate = P.Collator(tokenizer)
+    collate = P.collator(tokenizer)
     label_only_loss(model, collate(exs)).backward()
     full = [p.grad.clone() for p in lora]
     model.zero_grad()
@@ -134,7 +134,7 @@ def test_micro_batch_size_must_divide_batch_size(tiny_cfg):
 
 
 def test_right_padding_detection():
-    from lorabook.train import _right_padded
+    from lorabook.speed.label_only import _right_padded
     assert _right_padded(torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
     assert not _right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))   # left
     assert not _right_padded(torch.tensor([[1, 0, 1]]))              # a hole
@@ -144,7 +144,7 @@ def test_right_padding_detection():
 def test_use_bf16_pins_and_follows_the_cpu(tiny_cfg, monkeypatch, native):
     """The bf16 autocast decision, both CPU branches on any CPU: the config
     wins when it says; None means int8cpu on a CPU with native bf16 only."""
-    from lorabook import int8cpu
+    from lorabook.speed import int8cpu
     monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     auto = tiny_cfg.replace(bf16=None, quant_backend="int8cpu")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lorabook import model as M
-from lorabook import pitfalls as F
+from lorabook.book import pitfalls as F
 from lorabook import preprocess as P
 from lorabook.config import LorabookError
 
@@ -72,7 +72,7 @@ def test_boundary_comparison_rows(tokenizer):
 def test_fully_masked_batch_has_no_loss(tiny_model, tokenizer):
     ds = F.template_search_dataset(SAMPLES, tokenizer, "alpaca",
                                    "### Response: ", 96)
-    assert math.isnan(F.batch_loss(tiny_model, ds, P.Collator(tokenizer)))
+    assert math.isnan(F.batch_loss(tiny_model, ds, P.collator(tokenizer)))
 
 
 def test_eos_masked_by_id_when_pad_is_eos(encoded, tokenizer):
@@ -86,7 +86,7 @@ def test_eos_masked_by_id_when_pad_is_eos(encoded, tokenizer):
 
 
 def test_perplexity_variants(tiny_model, encoded, tokenizer):
-    rows = F.perplexity_variants(tiny_model, encoded, P.Collator(tokenizer),
+    rows = F.perplexity_variants(tiny_model, encoded, P.collator(tokenizer),
                                  batch_sizes=(1, 4, 12))
     ref = rows[0]["token_weighted"]
     for r in rows:
@@ -103,7 +103,7 @@ def test_perplexity_variants(tiny_model, encoded, tokenizer):
 
 def test_normalised_perplexity(tiny_model, encoded, tokenizer):
     r = F.normalised_perplexity(tiny_model, encoded, tokenizer,
-                                P.Collator(tokenizer), batch_size=5)
+                                P.collator(tokenizer), batch_size=5)
     text = " ".join(s["response"] for s in SAMPLES)
     assert r["words"] == len(text.split())
     assert r["bytes"] == len(text.encode()) - (len(SAMPLES) - 1)
@@ -116,7 +116,7 @@ def test_normalised_perplexity(tiny_model, encoded, tokenizer):
 
 def test_label_names_demo(tiny_model, encoded, tokenizer):
     rows = F.label_names_demo(tiny_model, encoded.select(range(4)),
-                              P.Collator(tokenizer), batch_size=4)
+                              P.collator(tokenizer), batch_size=4)
     default, explicit, empty, info = rows
     assert explicit["eval_loss"] is not None
     assert empty["eval_loss"] is None and empty["reported"] == []
@@ -188,7 +188,7 @@ def test_seeded_sample(encoded):
 
 def test_length_grouped_batches():
     lengths = [5, 50, 7, 40, 9, 30, 11, 20, 13]
-    from lorabook.train import length_grouped_batches
+    from lorabook.book.loop import length_grouped_batches
     plan = length_grouped_batches(lengths, 4, epochs=2, seed=0)
     assert len(plan) == 2 * 3
     for e in range(2):
@@ -199,7 +199,7 @@ def test_length_grouped_batches():
 
 def test_train_lora_slice(tiny_cfg, encoded, tokenizer):
     cfg = tiny_cfg.replace(load_in_8bit=False)
-    model, info = F.train_lora_slice(cfg, encoded, P.Collator(tokenizer),
+    model, info = F.train_lora_slice(cfg, encoded, P.collator(tokenizer),
                                      epochs=2,
                                      eos_token_id=tokenizer.eos_token_id)
     n = len(encoded)

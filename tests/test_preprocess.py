@@ -37,7 +37,7 @@ def test_pad_is_not_eos(tokenizer):
 def test_collator_masks_padding_by_position(tokenizer):
     a = P.encode(PROMPT, RESPONSE, tokenizer, 128)
     b = P.encode(PROMPT, "Short.", tokenizer, 128)
-    batch = P.Collator(tokenizer)([a, b])
+    batch = P.collator(tokenizer)([a, b])
     n = len(b["input_ids"])
     assert batch["input_ids"].shape[1] == len(a["input_ids"])
     assert (batch["labels"][1, n:] == -100).all()
@@ -45,33 +45,32 @@ def test_collator_masks_padding_by_position(tokenizer):
     assert batch["labels"][1, n - 1] == tokenizer.eos_token_id
 
     # Even if pad == EOS (as SmolLM2 ships), the EOS label survives.
-    class PadIsEos:
-        pad_token_id = tokenizer.eos_token_id
-    batch = P.Collator(PadIsEos())([a, b])
+    import copy
+    same = copy.deepcopy(tokenizer)
+    same.pad_token = same.eos_token
+    batch = P.collator(same)([a, b])
     assert batch["labels"][1, n - 1] == tokenizer.eos_token_id
+    assert (batch["input_ids"][1, n:] == tokenizer.eos_token_id).all()
 
 
 def test_collator_max_length(tokenizer):
     a = P.encode(PROMPT, RESPONSE, tokenizer, 128)
-    batch = P.Collator(tokenizer, "max_length", 128)([a])
+    batch = P.collator(tokenizer, "max_length", 128)([a])
     assert batch["input_ids"].shape == (1, 128)
     with pytest.raises(LorabookError):
-        P.Collator(tokenizer, "max_length", None)
+        P.collator(tokenizer, "max_length", None)
 
 
 def test_collator_rounds_the_width_up_to_a_multiple(tokenizer):
     feats = [{"input_ids": [5] * n, "attention_mask": [1] * n, "labels": [7] * n}
              for n in (3, 17)]
-    batch = P.Collator(tokenizer, multiple_of=16)(feats)
+    batch = P.collator(tokenizer, multiple_of=16)(feats)
     assert batch["input_ids"].shape == (2, 32)
     assert batch["attention_mask"].sum().item() == 20          # real tokens only
     assert (batch["labels"][1, 17:] == -100).all()
-    # Never past max_length (unless a sample is longer already).
-    assert P.Collator(tokenizer, "longest", 24, 16)(feats)["input_ids"].shape[1] == 24
-    assert P.Collator(tokenizer, "longest", 10, 16)(feats)["input_ids"].shape[1] == 17
-    assert P.Collator(tokenizer)(feats)["input_ids"].shape[1] == 17
+    assert P.collator(tokenizer)(feats)["input_ids"].shape[1] == 17
     with pytest.raises(LorabookError, match="multiple_of"):
-        P.Collator(tokenizer, multiple_of=0)
+        P.collator(tokenizer, multiple_of=0)
 
 
 def test_truncation_cuts_response_not_prompt(tokenizer):
@@ -131,17 +130,21 @@ def test_masking_table(tokenizer):
 
 @pytest.mark.parametrize("changes", [{}, {"padding": "max_length"},
                                      {"pad_to_multiple_of": 1}])
-def test_hf_collator_builds_our_collators_batches(tiny_cfg, tokenizer, changes):
-    """make_collator (DataCollatorForSeq2Seq, what trains) and P.Collator
-    (the demonstrations, scoring) give the same tensors."""
+def test_training_collator_pads_as_the_config_says(tiny_cfg, tokenizer, changes):
+    """make_collator's batches, built by hand: right padding with the pad
+    id, mask 0 and label -100 there, to the width the config implies."""
     cfg = tiny_cfg.replace(**changes)
     exs = [P.encode("1790, George Washington (No party):", r, tokenizer,
                     cfg.max_length)
            for r in ("Hi.", "A much longer response " * 3, "Mid length one.")]
-    ours = P.Collator(tokenizer, cfg.padding, cfg.max_length,
-                      cfg.pad_to_multiple_of)(exs)
+    longest = max(len(e["input_ids"]) for e in exs)
+    width = (cfg.max_length if cfg.padding == "max_length" else
+             -(-longest // cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of)
+    pad = tokenizer.pad_token_id
+    want = {"input_ids": [e["input_ids"] + [pad] * (width - len(e["input_ids"])) for e in exs],
+            "attention_mask": [[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in exs],
+            "labels": [e["labels"] + [-100] * (width - len(e["labels"])) for e in exs]}
     hf = P.make_collator(tokenizer, cfg)(exs)
-    assert ours.keys() == hf.keys()
-    for k in ours:
-        assert torch.equal(ours[k], hf[k]), k
-    assert (hf["labels"][hf["attention_mask"] == 0] == -100).all()
+    assert sorted(hf.keys()) == sorted(want)
+    for k in want:
+        assert torch.equal(hf[k], torch.tensor(want[k])), k

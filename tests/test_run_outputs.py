@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from lorabook import model as M
+from lorabook import preprocess as P
 from lorabook import train as T
 
 pytestmark = pytest.mark.slow
@@ -100,7 +101,7 @@ def test_reloaded_adapter_reproduces_best_val_loss(best_not_last_run,
     best_val_loss the metrics report (the last checkpoint's loss is
     1e-2 higher here)."""
     cfg, run = best_not_last_run
-    _, _, enc = T.prepare_data(cfg, tokenizer)
+    _, _, enc = P.prepare_data(cfg, tokenizer)
     train_ds = enc.splits["train"].remove_columns(["id"])
     val_ds = enc.splits["validation"].remove_columns(["id"])
     model = M.load_trained_model(cfg, run.adapter_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lorabook import report
-from lorabook import submission as S
+from lorabook.book import submission as S
 from lorabook.config import REPO_ROOT, LorabookError
 
 CONFIG = """title: "A title"
@@ -133,4 +133,4 @@ def test_make_submission_builds_the_pdf_with_the_name():
                          cwd=REPO_ROOT, capture_output=True, text=True).stdout
     assert "--author --name 'Doe_Jane'" in out
     assert "LORABOOK_AUTHOR=" in out and "--builder pdflatex" in out
-    assert "lorabook.submission --name 'Doe_Jane'" in out
+    assert "lorabook.book.submission --name 'Doe_Jane'" in out

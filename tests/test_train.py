@@ -7,17 +7,18 @@ from safetensors.torch import load_file
 from lorabook import model as M
 from lorabook import preprocess as P
 from lorabook import train as T
+from lorabook.book import loop as L
 from lorabook.config import LorabookError
 
 pytestmark = pytest.mark.slow
 
 
 def _batch(cfg, tokenizer, n=4):
-    _, _, enc = T.prepare_data(cfg, tokenizer)
+    _, _, enc = P.prepare_data(cfg, tokenizer)
     rows = [enc.splits["validation"][i] for i in range(n)]
     feats = [{k: r[k] for k in ("input_ids", "attention_mask", "labels")}
              for r in rows]
-    return P.Collator(tokenizer)(feats)
+    return P.collator(tokenizer)(feats)
 
 
 def test_training_lowers_loss_and_writes_run(tiny_run):
@@ -128,7 +129,7 @@ def test_lean_loop_micro_batches_make_the_same_step(tiny_cfg, tokenizer):
 
     def after(steps):
         model = M.load_model(cfg)
-        loss = T.LeanLoop(cfg, model, len(steps)).run(steps)[0][-1]
+        loss = L.LeanLoop(cfg, model, len(steps)).run(steps)[0][-1]
         return loss, {n: p.detach().clone() for n, p in model.named_parameters()
                       if p.requires_grad}
 
@@ -146,7 +147,7 @@ def test_lean_loop_micro_batches_make_the_same_step(tiny_cfg, tokenizer):
 def test_lean_loop_stops_on_a_non_finite_loss(tiny_cfg, tokenizer):
     cfg = tiny_cfg.replace(load_in_8bit=False)
     model = M.load_model(cfg)
-    loop = T.LeanLoop(cfg, model, 1)
+    loop = L.LeanLoop(cfg, model, 1)
     loop.loss = lambda batch, n_items=None: torch.tensor(math.nan, requires_grad=True)
     with pytest.raises(LorabookError, match="loss became nan at step 0"):
         loop.run([[_batch(cfg, tokenizer, n=2)]])
@@ -179,7 +180,7 @@ def test_both_training_loops_follow_the_bf16_decision(tiny_cfg, tmp_path,
                                                       monkeypatch, native):
     """LeanLoop's autocast and the Trainer's `bf16` come from the same
     decision, pinned here both ways (CPU flags and config) on any CPU."""
-    from lorabook import int8cpu
+    from lorabook.speed import int8cpu
     monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     seen = []
@@ -187,10 +188,10 @@ def test_both_training_loops_follow_the_bf16_decision(tiny_cfg, tmp_path,
     def spy(model, inputs, n=None):
         seen.append(torch.is_autocast_enabled("cpu"))
         return torch.zeros(())
-    monkeypatch.setattr(T, "label_only_loss", spy)
+    monkeypatch.setattr(L, "label_only_loss", spy)
     cfg = tiny_cfg.replace(quant_backend="int8cpu", bf16=None)
     for c, want in ((cfg, native), (cfg.replace(bf16=not native), not native)):
-        loop = T.LeanLoop(c, torch.nn.Linear(2, 2), 1)
+        loop = L.LeanLoop(c, torch.nn.Linear(2, 2), 1)
         loop.loss({"input_ids": torch.zeros(1, 2, dtype=torch.long)})
         assert loop.bf16 is want and seen[-1] is want
         assert T.training_arguments(c, tmp_path, 8).bf16 is want
@@ -214,7 +215,7 @@ def test_chapter_recipe_equals_lorabook_train(tiny_cfg, tiny_run, tokenizer,
     cfg = tiny_cfg.replace(output_dir=str(tmp_path / "by-hand"))
     out = T.run_dir(cfg)
     out.mkdir(parents=True)
-    _, _, enc = T.prepare_data(cfg, tokenizer)
+    _, _, enc = P.prepare_data(cfg, tokenizer)
     train_ds = enc.splits["train"].remove_columns(["id"])
     val_ds = enc.splits["validation"].remove_columns(["id"])
     model = M.add_lora(cfg, M.load_8bit_model(cfg))
@@ -308,11 +309,11 @@ def test_trainer_micro_batches_equal_the_full_batch(tiny_cfg, tokenizer,
     fp32 (pinned: Int8Linear's bf16 products on a native-bf16 CPU round by
     ~1e-2 in the adapter), no dropout, one epoch of 6 steps at a learning
     rate that moves the adapter well beyond the tolerances."""
-    from lorabook import int8cpu
+    from lorabook.speed import int8cpu
     monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: False)
     cfg = tiny_cfg.replace(lora_dropout=0.0, bf16=False, epochs=1,
                            learning_rate=0.03, n_evals=3)
-    _, _, enc = T.prepare_data(cfg, tokenizer)
+    _, _, enc = P.prepare_data(cfg, tokenizer)
     train_ds = enc.splits["train"].remove_columns(["id"])
     val_ds = enc.splits["validation"].remove_columns(["id"])
 

@@ -1,4 +1,4 @@
-"""Command line: `lorabook data|train|evaluate|export|bench|submission`.
+"""Command line: `lorabook data|train|evaluate|export|prepare-model|submission`.
 
 Each subcommand calls the same library function the book calls. Mistakes a
 user can make are printed as `error: ...` with exit status 2, no traceback.
@@ -20,6 +20,25 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", dest="model_name",
                    help="base model: hub id, local path, or the bundled one")
     p.add_argument("--output-dir", help="run directory")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any config field, e.g. --set epochs=3 --set "
+                        "speed_layer=false (values read as YAML); repeatable")
+
+
+def _set_values(pairs: list[str]) -> dict:
+    """`--set field=value` pairs as config overrides; values are YAML
+    scalars (3, 5e-4, true, null, [q_proj, v_proj])."""
+    import yaml
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise LorabookError(f"--set expects FIELD=VALUE, got {pair!r}")
+        try:
+            values[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise LorabookError(f"--set {pair!r}: not a YAML value: {e}") from None
+    return values
 
 
 def _cfg(args):
@@ -27,7 +46,8 @@ def _cfg(args):
               ("data_path", "model_name", "output_dir", "text_column",
                "prompt_column", "response_column", "group_column",
                "min_samples")}
-    cfg = load_config(args.preset, args.config, **values)
+    cfg = load_config(args.preset, args.config,
+                      _set_values(getattr(args, "set", [])), **values)
     if getattr(args, "group_column", None) == "none":   # random split
         cfg = cfg.replace(group_column=None)
     return cfg
@@ -132,15 +152,8 @@ def cmd_prepare_model(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from lorabook.bench import markdown_table, run_bench
-    print(markdown_table(run_bench(_cfg(args), steps=args.steps,
-                                   force=args.force)))
-    return 0
-
-
 def cmd_submission(args) -> int:
-    from lorabook.submission import make_submission
+    from lorabook.book.submission import make_submission
     pdf, zipf = make_submission(args.name)
     print(f"wrote {pdf.name} and {zipf.name}")
     return 0
@@ -189,13 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare-model",
                        help="convert the bundled GGUF base model once")
     p.set_defaults(func=cmd_prepare_model)
-    p = sub.add_parser("bench", help="reference vs lorabook training speed")
-    _config_args(p)
-    p.add_argument("--steps", type=int, help="optimizer steps per recipe")
-    p.add_argument("--force", action="store_true",
-                   help="measure again even if a cached result exists")
-    p.set_defaults(func=cmd_bench)
-
     p = sub.add_parser("submission", help="write the PDF and the ZIP to hand in")
     p.add_argument("--name", required=True, help="Lastname_Firstname")
     p.set_defaults(func=cmd_submission)

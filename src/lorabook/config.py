@@ -56,9 +56,12 @@ class Config:
     # --- model ------------------------------------------------------------
     model_name: str = BUNDLED_MODEL
     load_in_8bit: bool = True
-    # Which 8-bit implementation: "bitsandbytes" (the assignment's; always
-    # used on CUDA), "int8cpu" (lorabook's int8-weight layer, fast on CPU),
-    # or "auto" (int8cpu on the CPU, bitsandbytes on CUDA).
+    # lorabook's CPU speed layer (lorabook.speed): the three settings below
+    # and the fast bf16 products. False: plain PEFT + Trainer + bitsandbytes.
+    speed_layer: bool = True
+    # Who multiplies by bitsandbytes' 8-bit weights: "bitsandbytes" (its own
+    # kernels; always on CUDA), "int8cpu" (lorabook's product from the same
+    # codes, fast on the CPU), or "auto" (int8cpu on the CPU).
     quant_backend: str = "auto"
     # bf16 autocast for training: None = where it pays (int8cpu on a CPU
     # with native bf16, or CUDA with bf16).
@@ -158,6 +161,10 @@ def validate(cfg: Config) -> None:
     problems = []
     if cfg.preset not in PRESETS:
         problems.append(f"preset must be one of {sorted(PRESETS)}")
+    for name in ("speed_layer", "load_in_8bit", "label_only_head", "fused_ops",
+                 "gradient_checkpointing", "group_by_length"):
+        if not isinstance(getattr(cfg, name), bool):
+            problems.append(f"{name} must be true or false, got {getattr(cfg, name)!r}")
     if cfg.quant_backend not in ("auto", "bitsandbytes", "int8cpu"):
         problems.append("quant_backend must be auto, bitsandbytes or int8cpu")
     if cfg.padding not in ("longest", "max_length"):
@@ -200,11 +207,13 @@ def validate(cfg: Config) -> None:
 
 
 def load_config(preset: str | None = None, path: str | os.PathLike | None = None,
-                **overrides) -> Config:
+                fields: dict | None = None, **overrides) -> Config:
     """Build a Config from a preset, an optional YAML file and overrides.
 
     The preset defaults to $LORABOOK_PRESET or "default", so that
     `LORABOOK_PRESET=tiny jupyter-book build book` builds the whole book fast.
+    `fields` are applied as given (None included: `n_train: null`);
+    keyword overrides only when not None (unset command-line options).
     """
     data: dict = {}
     if path is not None:
@@ -224,7 +233,7 @@ def load_config(preset: str | None = None, path: str | os.PathLike | None = None
     if preset not in PRESETS:
         raise LorabookError(
             f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values = {**PRESETS[preset], **data,
+    values = {**PRESETS[preset], **data, **(fields or {}),
               **{k: v for k, v in overrides.items() if v is not None}}
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(values) - known)

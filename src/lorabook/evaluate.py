@@ -11,61 +11,25 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lorabook.config import Config, LorabookError
+from lorabook import data as D
 from lorabook import metrics as X
 from lorabook import model as M
-from lorabook.int8cpu import dequantized_for_inference
 from lorabook import preprocess as P
 from lorabook import train as T
-
-# New prompts for the State of the Union data: year/president pairs with no
-# address in the corpus (two presidents who died before giving one, the one
-# year without an address, and a year after the corpus ends), with opening
-# sentences written for this book. `new_prompts` checks at run time that no
-# pair occurs in the data and reports the longest run of words each opening
-# shares with any passage.
-NEW_PROMPTS = [
-    dict(year=1841, president="William Henry Harrison", party="Whig",
-         opening="The distress of the banks has reached every part of the "
-                 "Union since the last session."),
-    dict(year=1881, president="James A Garfield", party="Republican",
-         opening="The reform of the civil service can no longer be put "
-                 "off."),
-    dict(year=1933, president="Franklin D Roosevelt", party="Democratic",
-         opening="Millions of our people have no work and no savings this "
-                 "winter."),
-    dict(year=2023, president="Joseph R Biden", party="Democratic",
-         opening="Artificial intelligence will change the way every American "
-                 "works."),
-]
-
-# "1850, Millard Fillmore (Whig):\nOpening sentence."
-SOTU_PROMPT = re.compile(r"^(\d{4}), ([^\n(]+?) \(([^\n)]*)\):\n(.+)$", re.S)
-
-
-def new_prompt_text(p: dict) -> str:
-    return f"{p['year']}, {p['president']} ({p['party']}):\n{p['opening']}"
-
-
-def parse_sotu_prompt(prompt: str) -> dict | None:
-    """Year, president, party and opening of a SOTU prompt; else None."""
-    m = SOTU_PROMPT.match(prompt or "")
-    if not m:
-        return None
-    return dict(year=int(m[1]), president=m[2], party=m[3], opening=m[4])
-
-
-def is_sotu(samples) -> bool:
-    """True when every prompt has the year/president form of the SOTU data."""
-    return bool(samples) and all(parse_sotu_prompt(s["prompt"]) for s in samples)
-
+from lorabook.config import Config, LorabookError
+from lorabook.speed.int8cpu import dequantized_for_inference
+from lorabook.generation import (DECODING, DECODING_ALTERNATIVES, DECODING_NAME,
+                                 chat_ids, describe_decoding, few_shot,
+                                 generate, instructed_prompt)
+from lorabook.sotu.era import era_judge
+from lorabook.sotu.prompts import NEW_PROMPTS, is_sotu, new_prompt_text
+from lorabook.speed.label_only import backbone_and_head, labelled_hidden
 
 def new_prompts(splits: dict, all_samples, k: int = 4) -> list[dict]:
     """Prompts that are new to the model, by a rule for the data's kind.
@@ -107,27 +71,6 @@ def new_prompts(splits: dict, all_samples, k: int = 4) -> list[dict]:
                  kind="test prompt least like the training prompts",
                  opening_overlap=index.longest(test[i]["prompt"]))
             for i in ranked[:k]]
-
-
-def instructed_prompt(prompt: str) -> str:
-    """The base model's fair chance: the same prompt, and the task said.
-
-    The base model is an instruction-tuned assistant; given the bare
-    training prompt it answers like one. This wrapper tells it what the
-    fine-tuned model learned from examples: continue the passage.
-    """
-    p = parse_sotu_prompt(prompt)
-    if p:
-        return (f"Here is the opening of a passage from the State of the "
-                f"Union address of {p['president']} in {p['year']}. "
-                f"Continue the passage with the next one or two sentences "
-                f"of the speech. Reply with those sentences only.\n\n"
-                f"{p['opening']}")
-    if not prompt:
-        return ("Write one passage of the kind of text you were trained "
-                "on. Write only the text, no comment.")
-    return ("Reply to the following as its author would. Write only the "
-            f"reply, no comment.\n\n{prompt}")
 
 
 def shown_prompts(scored: list[dict], n: int) -> list[int]:
@@ -185,12 +128,12 @@ def response_nll(model, dataset, collator, batch_size: int = 16):
 
     Only the work the answer needs is done: samples are batched longest
     first (little padding), the LM head and softmax run only at labelled
-    positions (as in training, `train.label_only_loss`), and 8-bit layers
+    positions (as in training, `speed.label_only`), and 8-bit layers
     are de-quantized once per call. The result is the same as scoring full
     logits in corpus order (a test checks it); a model without the usual
     decoder/head split takes that plain path.
     """
-    parts = T.backbone_and_head(model)
+    parts = backbone_and_head(model)
     if parts is None:
         return _response_nll_plain(model, dataset, collator, batch_size)
     backbone, head = parts
@@ -206,7 +149,7 @@ def response_nll(model, dataset, collator, batch_size: int = 16):
                                ("input_ids", "attention_mask", "labels")}
                               for i in idx])
             batch = {k: v.to(M.device()) for k, v in batch.items()}
-            h, t, row = T.labelled_hidden(backbone, batch)
+            h, t, row = labelled_hidden(backbone, batch)
             per = torch.zeros(len(idx), dtype=torch.float64, device=h.device)
             for j in range(0, len(t), 1024):     # bounded logits memory
                 nll = torch.nn.functional.cross_entropy(
@@ -259,81 +202,6 @@ def score_split(model, dataset, collator, cfg: Config, seed: int = 0) -> dict:
     return out
 
 
-def chat_ids(turns: list[str], tokenizer) -> list[int]:
-    """Token ids of a few-shot chat: user, assistant, ..., user turns.
-
-    The last turn is the user's; the assistant's answer follows. Each
-    (user, assistant) pair before it is one worked example.
-    """
-    if len(turns) % 2 != 1:
-        raise LorabookError("a few-shot chat needs an odd number of turns "
-                            "(examples as user/assistant pairs, then a user)")
-    chatml = "<|im_start|>" in (getattr(tokenizer, "chat_template", None) or "")
-    end = tokenizer("<|im_end|>\n" if chatml else "\n",
-                    add_special_tokens=False)["input_ids"]
-    ids: list[int] = []
-    for j in range(0, len(turns), 2):
-        part = P.prompt_ids(turns[j], tokenizer)
-        if ids and not chatml and tokenizer.bos_token_id is not None \
-                and part[:1] == [tokenizer.bos_token_id]:
-            part = part[1:]             # one BOS, at the very start
-        ids += part
-        if j + 1 < len(turns):
-            ids += tokenizer(turns[j + 1], add_special_tokens=False)["input_ids"]
-            ids += end
-    return ids
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list, *, max_new_tokens: int,
-             do_sample: bool = False, seed: int = 0, temperature: float = 0.8,
-             top_p: float = 0.95, repetition_penalty: float = 1.0,
-             no_repeat_ngram_size: int = 0, batch_size: int = 64) -> list[dict]:
-    """Batched generation with the KV cache; stops at EOS.
-
-    8-bit layers are de-quantized once per call, not once per new token
-    (`int8cpu.dequantized_for_inference`), and prompts go in batches of 64:
-    on a 2-core CPU a decoding step of 64 rows costs little more than one
-    of 16 (47 against 31 generated tokens/s, measured for 64 test prompts).
-
-    Prompts are left-padded so every sequence's next token sits at the same
-    position. Returns text, whether the model stopped by itself, and the
-    number of generated tokens.
-    """
-    model.eval()
-    kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p,
-                  top_k=0) if do_sample else dict(do_sample=False)
-    if repetition_penalty != 1.0:
-        kwargs["repetition_penalty"] = repetition_penalty
-    if no_repeat_ngram_size:
-        kwargs["no_repeat_ngram_size"] = no_repeat_ngram_size
-    results = []
-    with dequantized_for_inference(model):
-        for i in range(0, len(prompts), batch_size):
-            chunk = [P.prompt_ids(p, tokenizer) if isinstance(p, str)
-                     else chat_ids(p, tokenizer)
-                     for p in prompts[i:i + batch_size]]
-            width = max(map(len, chunk))
-            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c
-                                for c in chunk], device=M.device())
-            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c)
-                                 for c in chunk], device=M.device())
-            torch.manual_seed(seed + i)
-            out = model.generate(
-                input_ids=ids, attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, use_cache=True, **kwargs)
-            for row in out[:, width:].tolist():
-                stopped = tokenizer.eos_token_id in row
-                row = row[:row.index(tokenizer.eos_token_id)] if stopped else [
-                    t for t in row if t != tokenizer.pad_token_id]
-                results.append(dict(text=tokenizer.decode(
-                    row, skip_special_tokens=True).strip(),
-                    stopped=stopped, n_tokens=len(row) + int(stopped)))
-    return results
-
-
 def _timed(model, tokenizer, prompts, cfg, adapter: bool, **kw):
     """Generations of one model (adapter on or off), and seconds spent."""
     t0 = time.time()
@@ -342,41 +210,6 @@ def _timed(model, tokenizer, prompts, cfg, adapter: bool, **kw):
         out = generate(model, tokenizer, prompts, batch_size=len(prompts),
                        max_new_tokens=cfg.gen_max_new_tokens, **kw)
     return out, time.time() - t0
-
-
-# The decoding every shown and scored generation uses: greedy, except that
-# no 3-gram may occur twice in one generation. Chapter 5 measures it against
-# plain greedy and nucleus sampling on the fine-tuned model (DECODING_
-# ALTERNATIVES): plain greedy loops, and this keeps greedy's determinism
-# and the real passages' length without the loops.
-DECODING = dict(do_sample=False, no_repeat_ngram_size=3)
-DECODING_ALTERNATIVES = {
-    "greedy": dict(do_sample=False),
-    "nucleus sampling": dict(do_sample=True, temperature=0.8, top_p=0.95,
-                             seed=1234),
-}
-DECODING_NAME = "greedy, no repeated 3-gram"
-
-
-def describe_decoding(kw: dict) -> str:
-    """generate() keyword arguments as the book prints them."""
-    return ", ".join(f"{k}={v}" for k, v in kw.items())
-
-
-def few_shot(prompt: str, train: list[dict]) -> list[str]:
-    """The instructed base model's chat: one worked example, then the task.
-
-    The example is the training passage closest in year to the prompt
-    (the first such in the split's order), or the first training sample
-    for data without years, asked and answered in the same instructed form.
-    """
-    p = parse_sotu_prompt(prompt)
-    if p and all("year" in s for s in train):
-        ex = min(train, key=lambda s: abs(s["year"] - p["year"]))
-    else:
-        ex = train[0]
-    return [instructed_prompt(ex["prompt"]), ex["response"],
-            instructed_prompt(prompt)]
 
 
 SYSTEMS = ("base", "base_instructed", "finetuned")
@@ -525,41 +358,6 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
     return out, style
 
 
-def era_judge(cfg: Config, splits: dict, all_samples, scored: list[dict],
-              texts: dict) -> dict:
-    """Fit the era classifier and score real and generated continuations.
-
-    It learns from every passage of the addresses outside the validation
-    and test splits (not only the training subset), so it has never seen
-    an evaluated address. Eras: `metrics.ERA_BOUNDS`.
-    """
-    held_out = {s["group"] for k in ("validation", "test") for s in splits[k]}
-    pool = [s for s in all_samples if s["group"] not in held_out]
-    clf = X.train_era_classifier([s["response"] for s in pool],
-                                 [s["year"] for s in pool], seed=cfg.seed)
-    years = [s["year"] for s in scored]
-    truth = [X.era_of(y) for y in years]
-    counts = {e: truth.count(e) for e in sorted(set(truth),
-                                                key=lambda e: years[truth.index(e)])}
-    out = dict(bounds=list(X.ERA_BOUNDS), eras=counts,
-               n_train=len(pool), majority=X.majority_accuracy(truth),
-               chance=1 / len(counts))
-    refs = [s["response"] for s in scored]
-    # The finer judge first tried: quarter-centuries, on the real passages.
-    q = X.train_era_classifier([s["response"] for s in pool],
-                               [s["year"] for s in pool], period=25,
-                               seed=cfg.seed)
-    out["quarter_century"] = dict(
-        accuracy=X.era_accuracy(q, refs, years),
-        balanced=X.era_balanced_accuracy(q, refs, years),
-        majority=X.majority_accuracy([X.period_of(y) for y in years]),
-        chance=1 / len({X.period_of(y) for y in years}))
-    for name, t in dict(real=refs, **texts).items():
-        out[name] = dict(accuracy=X.era_accuracy(clf, t, years),
-                         balanced=X.era_balanced_accuracy(clf, t, years))
-    return out
-
-
 # Bumped when what evaluate_run computes changes, so a cached eval.json of
 # an older version is recomputed.
 EVAL_VERSION = 4
@@ -579,14 +377,14 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
             return cached
     t_start = time.time()
     tokenizer = M.load_tokenizer(cfg)
-    splits, _, enc = T.prepare_data(cfg, tokenizer)
+    splits, _, enc = P.prepare_data(cfg, tokenizer)
     saved = T.read_json(run.path / "split.json")
     if saved != {k: [s["id"] for s in v] for k, v in splits.items()}:
         raise LorabookError(
             f"the data no longer gives the split this run was trained on "
             f"({run.path / 'split.json'}); retrain with `lorabook train`")
     model = M.load_trained_model(cfg, run.adapter_dir)
-    collator = P.Collator(tokenizer)
+    collator = P.collator(tokenizer)
 
     if verbose:
         print("Scoring test and validation perplexity ...", flush=True)
@@ -595,7 +393,6 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
     result["validation"] = score_split(model, enc.splits["validation"],
                                        collator, cfg)
 
-    from lorabook import data as D
     all_samples = D.load_samples(
         cfg.resolve(cfg.data_path), text_column=cfg.text_column,
         prompt_column=cfg.prompt_column, response_column=cfg.response_column,
@@ -631,8 +428,8 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
         flat["style_ceiling"] = result["style"]["real"]["balanced"]
     result["summary"] = flat
     metrics = dict(run.metrics, **flat)
-    T._write_json(run.path / "metrics.json", metrics)
-    T._write_json(eval_path, result)
+    T.write_json(run.path / "metrics.json", metrics)
+    T.write_json(eval_path, result)
     return result
 
 

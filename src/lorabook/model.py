@@ -60,7 +60,7 @@ def device_description() -> str:
                     break
     except OSError:
         pass
-    from lorabook.int8cpu import is_fast_bf16_cpu
+    from lorabook.speed.int8cpu import is_fast_bf16_cpu
     bf16 = "with" if is_fast_bf16_cpu() else "without"
     return f"{os.cpu_count()} cores of an {name} CPU ({bf16} native bf16)"
 
@@ -211,9 +211,8 @@ def quant_backend(cfg: Config) -> str:
     codes (`int8cpu.use_fast_cpu_products`); "auto": int8cpu on the CPU,
     bitsandbytes on CUDA.
     """
-    if cfg.quant_backend != "auto":
-        return cfg.quant_backend
-    return "bitsandbytes" if torch.cuda.is_available() else "int8cpu"
+    from lorabook import speed
+    return "int8cpu" if speed.settings(cfg).int8_products else "bitsandbytes"
 
 
 def use_bf16(cfg: Config) -> bool:
@@ -222,7 +221,7 @@ def use_bf16(cfg: Config) -> bool:
         return cfg.bf16
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    from lorabook.int8cpu import is_fast_bf16_cpu
+    from lorabook.speed.int8cpu import is_fast_bf16_cpu
     return cfg.load_in_8bit and quant_backend(cfg) == "int8cpu" and is_fast_bf16_cpu()
 
 
@@ -238,7 +237,7 @@ def release_free_memory() -> bool:
     Loading frees many short-lived buffers (file reads, the fp32 weights
     bitsandbytes quantizes); the allocator keeps them mapped. Calls
     tcmalloc's `MallocExtension_ReleaseFreeMemory` when the process runs
-    under tcmalloc (`lorabook.alloc`), else glibc's `malloc_trim`. Returns
+    under tcmalloc (`lorabook.speed.alloc`), else glibc's `malloc_trim`. Returns
     False where neither is there.
     """
     import ctypes
@@ -273,8 +272,9 @@ def load_8bit_model(cfg: Config, backend: str | None = None):
             "directory with config.json and safetensors weights, or a hub "
             "id that is already in the local cache") from None
     if (backend or quant_backend(cfg)) == "int8cpu":
-        # The same bitsandbytes weights, multiplied faster on the CPU.
-        from lorabook.int8cpu import use_fast_cpu_products
+        # The speed layer: the same bitsandbytes weights, multiplied faster
+        # on the CPU (lorabook.speed.int8cpu).
+        from lorabook.speed.int8cpu import use_fast_cpu_products
         use_fast_cpu_products(model)
     model.config.use_cache = False            # no KV cache while training
     return model
@@ -340,9 +340,16 @@ def add_lora(cfg: Config, model):
         model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     torch.manual_seed(cfg.seed)         # A is random: make it reproducible
     model = get_peft_model(model, lora_config(cfg, model))
-    if cfg.fused_ops:
-        # Same maths, fewer tensors kept for the backward pass (fused.py).
-        from lorabook import fused
+    return use_fused_ops(cfg, model)
+
+
+def use_fused_ops(cfg: Config, model):
+    """The speed layer's lean autograd for the frozen parts, where the
+    config uses it: same maths, fewer tensors kept for the backward pass
+    (lorabook.speed.fused)."""
+    from lorabook import speed
+    if speed.settings(cfg).fused_ops:
+        from lorabook.speed import fused
         fused.apply(model)
         model.lorabook_fused = True
     return model
@@ -365,12 +372,9 @@ def load_trained_model(cfg: Config, adapter_dir: str | os.PathLike,
     from peft import PeftModel
     base = load_base_model(cfg, quantize=quantize)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
-    if cfg.fused_ops:
-        # The same functions as in training, so that the reloaded model
-        # computes exactly what the trained one did (train.reload_check).
-        from lorabook import fused
-        fused.apply(model)
-        model.lorabook_fused = True
+    # The same functions as in training, so that the reloaded model
+    # computes exactly what the trained one did (train.reload_check).
+    model = use_fused_ops(cfg, model)
     model.eval()
     return model
 
@@ -386,54 +390,3 @@ def model_summary(model) -> dict:
     nbytes += sum(b.numel() * b.element_size() for b in model.buffers())
     return dict(total_params=total, trainable_params=trainable,
                 trainable_share=trainable / total, size_mb=nbytes / 2**20)
-
-
-def quantization_cost(cfg: Config, dataset, tokenizer, steps: int = 2) -> list[dict]:
-    """What 8-bit costs and what the CPU product gains (chapter 3).
-
-    For the fp32 base, bitsandbytes' 8-bit model with its own product, and
-    the same 8-bit model with lorabook's CPU product: the size of the linear
-    layers, the perplexity of `dataset`'s responses, the seconds to score
-    them, and the median seconds of a LoRA training step (forward and
-    backward) on a batch of `cfg.batch_size` of them, after one warm-up.
-    """
-    import time
-    from lorabook import preprocess as P
-    from lorabook.evaluate import perplexity, response_nll
-    from lorabook.train import label_only_loss
-    collator = P.Collator(tokenizer)
-    batch = collator([dataset[i] for i in range(min(cfg.batch_size, len(dataset)))])
-    batch = {k: v.to(device()) for k, v in batch.items()}
-    rows = []
-    variants = [(False, None, "fp32")]
-    if device().type == "cpu":
-        variants += [(True, "bitsandbytes", "8-bit, bitsandbytes' product"),
-                     (True, "int8cpu", "8-bit, lorabook's CPU product")]
-    else:
-        variants += [(True, "bitsandbytes", "8-bit, bitsandbytes")]
-    for quantize, backend, name in variants:
-        c = cfg.replace(quant_backend=backend or cfg.quant_backend)
-        model = load_base_model(c, quantize=quantize, backend=backend)
-        linear_mb = sum(
-            p.numel() * p.element_size() for n, p in model.named_parameters()
-            if n.endswith(".weight") and p.ndim == 2 and "embed" not in n
-            and "lm_head" not in n) / 2**20
-        t = time.perf_counter()
-        sums, counts = response_nll(model, dataset, collator, cfg.eval_batch_size)
-        score_s = time.perf_counter() - t
-        model = add_lora(c.replace(lora_dropout=0.0), model)
-        model.train()
-        times = []
-        for _ in range(steps + 1):
-            t = time.perf_counter()
-            with torch.autocast(device().type, dtype=torch.bfloat16,
-                                enabled=use_bf16(c) and quantize):
-                loss = label_only_loss(model, batch)
-            loss.backward()
-            times.append(time.perf_counter() - t)
-        rows.append(dict(weights=name, linear_layers_mb=linear_mb,
-                         val_perplexity=perplexity(sums.sum(), counts.sum()),
-                         score_s=score_s,
-                         train_step_s=sorted(times[1:])[len(times[1:]) // 2]))
-        del model
-    return rows

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from lorabook import data as D
 from lorabook.config import Config, LorabookError
 
 
@@ -124,72 +123,39 @@ def check_learned_tokens(dataset) -> float:
     return learned / total
 
 
-class Collator:
-    """Pads a batch; labels of padding are -100 by position.
-
-    `padding="longest"` pads to the longest sample in the batch (dynamic
-    padding, the default), rounded up to a multiple of `multiple_of` (but
-    not past `max_length`); `"max_length"` pads everything to `max_length`,
-    as the assignment's recipe does. Few distinct batch widths keep
-    PyTorch's per-shape kernel caches small: with a width per batch, the
-    oneDNN caches grew the training process by about 12 MB per step here
-    (appendix on performance).
-    """
-
-    def __init__(self, tokenizer, padding: str = "longest",
-                 max_length: int | None = None, multiple_of: int = 1):
-        if padding == "max_length" and not max_length:
-            raise LorabookError("padding='max_length' needs max_length")
-        if multiple_of < 1:
-            raise LorabookError(f"multiple_of must be >= 1, got {multiple_of}")
-        self.pad_id = tokenizer.pad_token_id
-        self.padding = padding
-        self.max_length = max_length
-        self.multiple_of = multiple_of
-
-    def width(self, lengths: list[int]) -> int:
-        if self.padding == "max_length":
-            return self.max_length
-        longest = max(lengths)
-        width = -(-longest // self.multiple_of) * self.multiple_of
-        if self.max_length:
-            width = min(width, max(self.max_length, longest))
-        return width
-
-    def __call__(self, features: list[dict]) -> dict:
-        width = self.width([len(f["input_ids"]) for f in features])
-        batch = {"input_ids": [], "attention_mask": [], "labels": []}
-        for f in features:
-            n = len(f["input_ids"])
-            pad = width - n
-            batch["input_ids"].append(list(f["input_ids"]) + [self.pad_id] * pad)
-            batch["attention_mask"].append([1] * n + [0] * pad)
-            batch["labels"].append(list(f["labels"]) + [-100] * pad)
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
-
-
-def make_collator(tokenizer, cfg: Config):
-    """The training collator: Hugging Face's `DataCollatorForSeq2Seq`.
+def collator(tokenizer, padding: str = "longest", max_length: int | None = None,
+             multiple_of: int | None = None):
+    """A batch collator: Hugging Face's `DataCollatorForSeq2Seq`.
 
     It pads `input_ids` with the pad token and `attention_mask` with 0 on
     the right, and pads `labels` with -100 by position, so padding is never
-    learned and an EOS is learned even where its id equals the pad id. With
-    `padding="longest"` each batch is as wide as its longest sample, rounded
-    up to a multiple of `pad_to_multiple_of` (a few batch shapes keep
-    PyTorch's per-shape kernel caches small); `"max_length"` pads every
-    batch to `max_length`, as the assignment's recipe does. Our `Collator`
-    builds the same batches (a test checks it) and serves the demonstrations
-    that need to change how labels are padded.
+    learned and an EOS is learned even where its id equals the pad id.
+    `padding="longest"` makes each batch as wide as its longest sample,
+    rounded up to a multiple of `multiple_of`; `"max_length"` pads every
+    batch to `max_length`, as the assignment's recipe does.
     """
     from transformers import DataCollatorForSeq2Seq
+    if padding not in ("longest", "max_length"):
+        raise LorabookError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+    if padding == "max_length" and not max_length:
+        raise LorabookError("padding='max_length' needs max_length")
+    if multiple_of is not None and multiple_of < 1:
+        raise LorabookError(f"multiple_of must be >= 1, got {multiple_of}")
     return DataCollatorForSeq2Seq(
-        tokenizer,
-        padding=cfg.padding,
-        max_length=cfg.max_length if cfg.padding == "max_length" else None,
-        pad_to_multiple_of=(cfg.pad_to_multiple_of if cfg.padding == "longest"
-                            else None),
-        label_pad_token_id=-100,
-        return_tensors="pt")
+        tokenizer, padding=padding,
+        max_length=max_length if padding == "max_length" else None,
+        pad_to_multiple_of=multiple_of if padding == "longest" else None,
+        label_pad_token_id=-100, return_tensors="pt")
+
+
+def make_collator(tokenizer, cfg: Config):
+    """The training collator of a config (`collator` with its padding).
+
+    A few batch widths (multiples of `pad_to_multiple_of`) instead of one
+    per length keep PyTorch's per-shape kernel caches small.
+    """
+    return collator(tokenizer, cfg.padding, cfg.max_length,
+                    cfg.pad_to_multiple_of)
 
 
 def masking_table(example: dict, tokenizer):
@@ -212,3 +178,23 @@ def token_lengths(dataset) -> dict:
         response.append(n_resp)
     return dict(prompt=prompt, response=response,
                 total=[p + r for p, r in zip(prompt, response)])
+
+
+def prepare_data(cfg: Config, tokenizer):
+    """Load, clean, split and tokenize the data of a config.
+
+    Returns (samples per split, cleaning report, Encoded splits).
+    """
+    samples = D.load_samples(
+        cfg.resolve(cfg.data_path), text_column=cfg.text_column,
+        prompt_column=cfg.prompt_column, response_column=cfg.response_column,
+        group_column=cfg.group_column, min_samples=cfg.min_samples)
+    samples, report = D.clean_samples(samples)
+    splits = D.split_samples(
+        samples, seed=cfg.seed, val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction, n_train=cfg.n_train,
+        n_val=cfg.n_val, n_test=cfg.n_test)
+    encoded = tokenize_splits(splits, tokenizer, cfg)
+    for name, ds in encoded.splits.items():
+        check_learned_tokens(ds)
+    return splits, report, encoded

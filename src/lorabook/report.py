@@ -1,6 +1,6 @@
 """Book helpers (every chapter): quiet setup, real tables, glue, timings;
 the student's name and code link from _config.yml (`student`, read by the
-Sphinx extension `lorabook.sphinx_ext` and by `make submission`).
+Sphinx extension `lorabook.book.sphinx_ext` and by `make submission`).
 
 Chapters call `setup()` first. Tables are shown as Markdown so that they
 become real tables in both the HTML and the PDF (a DataFrame would print as

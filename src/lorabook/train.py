@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
-from lorabook.config import Config, LorabookError
-from lorabook import alloc
 from lorabook import model as M
 from lorabook import preprocess as P
+from lorabook import speed
+from lorabook.config import Config, LorabookError
+from lorabook.speed import alloc
+from lorabook.speed.label_only import label_only_loss
 
 
 def is_main_process() -> bool:
@@ -33,7 +35,7 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     """Atomic write: a killed process never leaves half a file."""
     if not is_main_process():
         return
@@ -58,27 +60,6 @@ def run_record(cfg: Config) -> dict:
     """What a run's config.json holds: every field, plus the hashes that
     name it (`train_hash` decides whether a finished run is reused)."""
     return dict(cfg.to_dict(), hash=cfg.hash(), train_hash=cfg.train_hash())
-
-
-def prepare_data(cfg: Config, tokenizer):
-    """Load, clean, split and tokenize the data of a config.
-
-    Returns (samples per split, cleaning report, Encoded splits).
-    """
-    from lorabook import data as D
-    samples = D.load_samples(
-        cfg.resolve(cfg.data_path), text_column=cfg.text_column,
-        prompt_column=cfg.prompt_column, response_column=cfg.response_column,
-        group_column=cfg.group_column, min_samples=cfg.min_samples)
-    samples, report = D.clean_samples(samples)
-    splits = D.split_samples(
-        samples, seed=cfg.seed, val_fraction=cfg.val_fraction,
-        test_fraction=cfg.test_fraction, n_train=cfg.n_train,
-        n_val=cfg.n_val, n_test=cfg.n_test)
-    encoded = P.tokenize_splits(splits, tokenizer, cfg)
-    for name, ds in encoded.splits.items():
-        P.check_learned_tokens(ds)
-    return splits, report, encoded
 
 
 @dataclass
@@ -186,173 +167,6 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _right_padded(attention_mask) -> bool:
-    """Every row is ones then zeros (or all ones)."""
-    m = attention_mask.to(torch.int8)
-    return bool((m[:, 1:] <= m[:, :-1]).all())
-
-
-def backbone_and_head(model):
-    """(decoder stack, LM head) of a causal LM, PEFT-wrapped or not, or None
-    when the model does not expose them the usual transformers way."""
-    from peft import PeftModel
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    get_head = getattr(base, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    backbone = getattr(base, "base_model", None)
-    if head is None or backbone is None or backbone is base:
-        return None
-    return backbone, head
-
-
-def labelled_hidden(backbone, inputs: dict):
-    """The decoder's last hidden states at the positions whose next token
-    carries a label: (hidden [n, d], target ids [n], batch row of each [n]).
-
-    What `label_only_loss` (training) and `evaluate.response_nll` (scoring)
-    feed to the LM head; the head and its softmax never see prompt or
-    padding positions.
-    """
-    mask = inputs.get("attention_mask")
-    if mask is not None and _right_padded(mask):
-        # With padding only on the right, a real token's causal window holds
-        # real tokens only, so the padding mask changes no real position;
-        # dropping it lets attention take the causal-only fast path. Padded
-        # positions then see real tokens, but they carry no label and no
-        # real position sees them. (Position ids count from 0 either way.)
-        mask = None
-    hidden = backbone(input_ids=inputs["input_ids"],
-                      attention_mask=mask).last_hidden_state
-    target = inputs["labels"][:, 1:]
-    keep = target != -100
-    return hidden[:, :-1][keep], target[keep], keep.nonzero()[:, 0]
-
-
-def label_only_loss(model, inputs: dict, num_items_in_batch=None):
-    """Causal-LM loss with the LM head applied only where a label is.
-
-    The LM head (576 x 49,152 for SmolLM2) and its softmax are a fifth of
-    the model's FLOPs, and prompt and padding positions carry no label, so
-    their logits are wasted work. The result equals the model's own loss
-    (a test checks it). Returns None when the model is not a plain PEFT
-    causal LM (e.g. wrapped for DDP); the caller then uses the usual path.
-    """
-    from peft import PeftModel
-    if not isinstance(model, PeftModel):
-        return None
-    parts = backbone_and_head(model)
-    if parts is None:
-        return None
-    backbone, head = parts
-    h, target, _ = labelled_hidden(backbone, inputs)
-    if getattr(model, "lorabook_fused", False) and not head.weight.requires_grad \
-            and getattr(head, "bias", None) is None:
-        from lorabook.fused import linear_cross_entropy
-        loss = linear_cross_entropy(h, head.weight, target)
-    else:
-        logits = head(h)       # CE in fp32 (fp64 stays fp64)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
-    n = num_items_in_batch if num_items_in_batch is not None else len(target)
-    if torch.is_tensor(n):
-        n = n.to(loss.device)
-    return loss / n
-
-
-def length_grouped_batches(lengths: list[int], batch_size: int, *,
-                           epochs: int, seed: int) -> list[list[int]]:
-    """Indices of every batch of `epochs` epochs, grouped by length as the
-    Trainer's `group_by_length` does (epoch e is ordered with seed + e; the
-    last batch of an epoch may be short)."""
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-    batches = []
-    for epoch in range(epochs):
-        gen = torch.Generator().manual_seed(seed + epoch)
-        order = list(LengthGroupedSampler(batch_size, lengths=lengths,
-                                          generator=gen))
-        batches += [order[i:i + batch_size]
-                    for i in range(0, len(order), batch_size)]
-    return batches
-
-
-def learned_tokens(micro: list[dict]) -> int:
-    """Positions whose next token carries a label, over a step's micro-batches
-    (the count `label_only_loss` divides by)."""
-    return sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-
-
-class LeanLoop:
-    """The Trainer's optimisation in a bare loop, for short side-by-side runs.
-
-    AdamW on the trainable (LoRA) parameters with the config's learning rate
-    and weight decay, transformers' linear warm-up (`warmup_ratio`) and
-    decay, gradients clipped at 1.0, bf16 autocast where lorabook uses it,
-    and the LM head only at labelled positions when `label_only_head` is on.
-    No evaluation, checkpoints or logs: the benchmark (appendix on
-    performance) and the trained pitfall demonstrations use it, where only
-    speed or a comparison matters. `lorabook train` uses the Trainer.
-
-    A step is a list of micro-batches; their losses are each divided by the
-    whole step's number of labelled tokens, so the gradients add up to the
-    full batch's. The profiler ranges "bench::forward/backward/optimizer"
-    are what `lorabook.bench` reads.
-    """
-
-    def __init__(self, cfg: Config, model, total_steps: int):
-        from transformers import get_linear_schedule_with_warmup
-        self.cfg, self.model = cfg, model
-        self.dev, self.bf16 = M.device(), M.use_bf16(cfg)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate,
-                                     weight_decay=cfg.weight_decay)
-        self.sched = get_linear_schedule_with_warmup(
-            self.opt, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
-
-    def loss(self, batch: dict, n_items=None):
-        batch = {k: v.to(self.dev) for k, v in batch.items()}
-        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = None
-            if self.cfg.label_only_head:
-                loss = label_only_loss(self.model, batch, n_items)
-            if loss is None:
-                loss = self.model(**batch).loss
-        return loss
-
-    def step(self, micro: list[dict], *, advance: bool = True) -> float:
-        """One optimizer step over `micro`; returns the step's loss.
-        advance=False leaves the learning-rate schedule where it is (a
-        profiled extra step)."""
-        from torch.profiler import record_function
-        n_items = torch.tensor(learned_tokens(micro)) if len(micro) > 1 else None
-        total = 0.0
-        for batch in micro:
-            with record_function("bench::forward"):
-                loss = self.loss(batch, n_items)
-            with record_function("bench::backward"):
-                loss.backward()
-            total += loss.item()
-        with record_function("bench::optimizer"):
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.opt.step()
-            if advance:
-                self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
-        return total
-
-    def run(self, steps: list[list[dict]]) -> tuple[list[float], list[float]]:
-        """Train on every step in order; return (losses, seconds per step).
-        Stops with a clear error as soon as the loss is not finite."""
-        self.model.train()
-        losses, times = [], []
-        for i, micro in enumerate(steps):
-            t = time.perf_counter()
-            losses.append(self.step(micro))
-            times.append(time.perf_counter() - t)
-            if not math.isfinite(losses[-1]):
-                raise LorabookError(f"loss became {losses[-1]} at step {i}")
-        return losses, times
-
-
 def trainer_class():
     """`transformers.Trainer` whose loss skips the LM head where no label
     needs it (`label_only_loss`); everything else is the Trainer's own."""
@@ -450,7 +264,7 @@ def make_trainer(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds,
     """The Trainer of chapter 3: model, arguments, splits, collator."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     Trainer = trainer_class()
-    Trainer.label_only_head = cfg.label_only_head
+    Trainer.label_only_head = speed.settings(cfg).label_only_head
     trainer = Trainer(
         model=model,
         args=training_arguments(cfg, out, len(train_ds)),
@@ -478,7 +292,7 @@ def fit(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds, *,
         base_loss = read_json(base)["eval_loss"]
     else:
         base_loss = trainer.evaluate()["eval_loss"]
-        _write_json(base, {"eval_loss": base_loss})
+        write_json(base, {"eval_loss": base_loss})
     checkpoint = resume and any((out / "checkpoints").glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if checkpoint else None)
     if is_main_process():
@@ -526,11 +340,11 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
                 (out / name).unlink(missing_ok=True)
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", run_record(cfg))
+    write_json(out / "config.json", run_record(cfg))
 
     tokenizer = M.load_tokenizer(cfg)
-    splits, report, enc = prepare_data(cfg, tokenizer)
-    _write_json(out / "split.json",
+    splits, report, enc = P.prepare_data(cfg, tokenizer)
+    write_json(out / "split.json",
                 {k: [s["id"] for s in v] for k, v in splits.items()})
     train_ds = enc.splits["train"].remove_columns(["id"])
     val_ds = enc.splits["validation"].remove_columns(["id"])
@@ -576,8 +390,8 @@ def train(cfg: Config, *, resume: bool = False, verbose: bool = True,
         reload_max_abs_logit_diff=reload_diff,
         resumed=bool(had_checkpoints),
     )
-    _write_json(out / "log_history.json", history)
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "log_history.json", history)
+    write_json(out / "metrics.json", metrics)
     if verbose and is_main_process():
         print(f"Done in {wall:.0f} s; validation loss {base_val_loss:#.4g} -> "
               f"{metrics['best_val_loss']:#.4g}. Run directory: "

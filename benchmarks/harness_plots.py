@@ -19,7 +19,7 @@ def _theme():
 def speed_memory_bars(result: dict):
     """Real tokens/s and peak RSS of both recipes, speedup annotated."""
     _theme()
-    from lorabook.bench import RECIPES
+    from benchmarks.harness import RECIPES
     fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
     panels = (("tokens_per_s", "real tokens / s",
                f"{result['speedup']:.2f}x the speed"),
@@ -40,7 +40,7 @@ def speed_memory_bars(result: dict):
 def profile_shares(result: dict):
     """Where one training step spends its time, per recipe (stacked)."""
     _theme()
-    from lorabook.bench import CATEGORIES, CATEGORY_LABELS, RECIPES
+    from benchmarks.harness import CATEGORIES, CATEGORY_LABELS, RECIPES
     import seaborn as sns
     palette = sns.color_palette("deep", len(CATEGORIES))
     fig, ax = plt.subplots(figsize=(7, 3.6))

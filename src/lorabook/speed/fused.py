@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorabook.int8cpu import linear
+from lorabook.speed.int8cpu import linear
 
 __all__ = ["linear_cross_entropy", "rms_norm", "silu_mul", "MaskDropout",
            "DropoutLinear", "ATTENTION", "apply"]

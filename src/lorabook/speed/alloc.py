@@ -67,5 +67,5 @@ def child_env(env: dict, allocator: str) -> dict:
     return env
 
 
-if __name__ == "__main__":       # `python -m lorabook.alloc`: for the Makefile
+if __name__ == "__main__":       # `python -m lorabook.speed.alloc`: for the Makefile
     print(tcmalloc_path() or "")

@@ -345,7 +345,7 @@ def facts_from(res: dict, shown: list[dict]) -> dict:
         judge = dict(real_accuracy=st["real"]["accuracy"],
                      real_balanced=st["real"]["balanced"],
                      majority=st["majority"], chance=st["chance"])
-    from lorabook.evaluate import describe_decoding
+    from lorabook.generation import describe_decoding
     return dict(
         ppl=dict(base=t["base"]["perplexity"],
                  finetuned=t["finetuned"]["perplexity"],

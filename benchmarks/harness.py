@@ -8,7 +8,7 @@ of real (non-padding) tokens:
 * reference: bitsandbytes 8-bit base, `prepare_model_for_kbit_training`
   with its defaults (gradient checkpointing on), every sample padded to
   256 tokens, fp32 compute, the model's own loss over all positions;
-* lorabook: `Int8Linear` 8-bit base, bf16 autocast (where the CPU has it),
+* lorabook: bitsandbytes' 8-bit base multiplied by `speed.int8cpu`, bf16 autocast (where the CPU has it),
   LM head only at labelled positions, dynamic padding of length-grouped
   batches, no gradient checkpointing.
 
@@ -45,7 +45,7 @@ RECIPES = ("reference", "lorabook")
 # (benchmarks of 2026-12-02) micro-batches of 2 with gradient checkpointing,
 # the setting before, peaked 40-60 MB lower at 60-70% of this one's speed.
 # The last one is the reference recipe under lorabook's memory allocator
-# (tcmalloc, `lorabook.alloc`): how much of the difference is the allocator.
+# (tcmalloc, `lorabook.speed.alloc`): how much of the difference is the allocator.
 VARIANTS = {"lorabook_unfused": "lorabook, without lean autograd",
             "lorabook_lowmem": "lorabook, low memory",
             "reference_tcmalloc": "reference, under tcmalloc"}
@@ -55,7 +55,7 @@ CATEGORIES = ("lm_head_loss", "attention", "int8_matmul", "lora",
 CATEGORY_LABELS = {
     "lm_head_loss": "LM head + softmax/cross-entropy",
     "attention": "attention (sdpa, softmax, bmm, RoPE)",
-    "int8_matmul": "8-bit matmuls (bitsandbytes / Int8Linear)",
+    "int8_matmul": "8-bit matmuls (bitsandbytes' layers)",
     "lora": "LoRA (A, B, dropout)",
     "optimizer": "optimizer (AdamW, clipping, zero_grad)",
     "other": "other (norms, MLP activation, embeddings, casts)",
@@ -95,7 +95,7 @@ def recipe_allocator(recipe: str) -> str:
     """The C allocator a recipe's process runs under: the system's for the
     reference (the assignment's recipe runs in a stock process), tcmalloc
     for lorabook's recipes and the reference_tcmalloc variant (see
-    `lorabook.alloc`)."""
+    `lorabook.speed.alloc`)."""
     return "system" if recipe == "reference" else "tcmalloc"
 
 
@@ -168,7 +168,7 @@ def linear_kernels(hidden: int, inter: int, vocab: int, rows: int = 1024,
     `head_rows` labelled positions. Best of repeated runs."""
     import torch
     import torch.nn.functional as F
-    from lorabook.int8cpu import linear
+    from lorabook.speed.int8cpu import linear
     g = torch.Generator().manual_seed(0)
     out = {}
     for name, (m, n) in (("mlp", (rows, inter)), ("lm_head", (head_rows, vocab))):
@@ -205,7 +205,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     try:
-        from lorabook.int8cpu import is_fast_bf16_cpu
+        from lorabook.speed.int8cpu import is_fast_bf16_cpu
         fast_bf16 = is_fast_bf16_cpu()
     except Exception:            # noqa: BLE001 - informational only
         fast_bf16 = None
@@ -242,7 +242,7 @@ def batch_plan(cfg: Config, steps: int, train_ds=None, tokenizer=None) -> list:
     first, so its first few batches alone would not show the typical
     padding of a batch. With more steps than batches, epochs repeat.
     """
-    from lorabook.train import length_grouped_batches
+    from lorabook.book.loop import length_grouped_batches
     if train_ds is None:
         train_ds = _encoded(cfg, tokenizer)["train"]
     lengths = [len(x) for x in train_ds["input_ids"]]
@@ -263,9 +263,9 @@ def batch_plan(cfg: Config, steps: int, train_ds=None, tokenizer=None) -> list:
 
 def _encoded(cfg: Config, tokenizer=None) -> dict:
     from lorabook import model as M
-    from lorabook import train as T
+    from lorabook import preprocess as P
     tokenizer = tokenizer or M.load_tokenizer(cfg)
-    _, _, enc = T.prepare_data(cfg, tokenizer)
+    _, _, enc = P.prepare_data(cfg, tokenizer)
     return enc.splits
 
 
@@ -284,12 +284,8 @@ class _Labels:
     def __init__(self, model):
         from torch import nn
         from peft.tuners.lora import LoraLayer
-        from lorabook.int8cpu import Int8Linear
-        try:
-            from bitsandbytes.nn import Linear8bitLt
-            int8_types = (Int8Linear, Linear8bitLt)
-        except ImportError:
-            int8_types = (Int8Linear,)
+        from bitsandbytes.nn import Linear8bitLt
+        int8_types = (Linear8bitLt,)
         head = model.get_base_model().get_output_embeddings()
         self.handles = []
         for name, mod in model.named_modules():
@@ -464,12 +460,12 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     """
     import warnings
     import torch
-    from lorabook import alloc
+    from lorabook.speed import alloc
     from lorabook import evaluate as E
     from lorabook import model as M
     from lorabook import preprocess as P
     from lorabook import report
-    from lorabook import train as T
+    from lorabook.book import loop as L
     warnings.filterwarnings("ignore")
     report.setup()
     rcfg = recipe_config(cfg, recipe)
@@ -482,7 +478,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     pad_to = REFERENCE_PAD_TO if rcfg.padding == "max_length" else None
     if pad_to is not None and max(len(x) for x in train_ds["input_ids"]) > pad_to:
         raise LorabookError(f"samples longer than {pad_to} tokens")
-    collate = P.Collator(tok, rcfg.padding, pad_to or rcfg.max_length,
+    collate = P.collator(tok, rcfg.padding, pad_to or rcfg.max_length,
                          rcfg.pad_to_multiple_of)
     feats = [{k: train_ds[i][k] for k in ("input_ids", "attention_mask", "labels")}
              for i in sorted({i for b in plan for i in b})]
@@ -503,7 +499,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_base = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     vocab = model.get_base_model().get_output_embeddings().weight.shape[0]
-    loop = T.LeanLoop(rcfg, model, len(batches))
+    loop = L.LeanLoop(rcfg, model, len(batches))
     torch.manual_seed(rcfg.seed)      # LoRA dropout
     try:
         losses, times = loop.run(batches)
@@ -513,7 +509,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
 
     real = [sum(int(b["attention_mask"].sum()) for b in m) for m in batches]
     computed = [sum(int(b["input_ids"].numel()) for b in m) for m in batches]
-    learned = [T.learned_tokens(m) for m in batches]
+    learned = [L.learned_tokens(m) for m in batches]
     steps = len(batches)
     # The first step pays one-off costs (kernel choice, allocator growth);
     # the rate is over the others when there are any.
@@ -524,7 +520,7 @@ def run_recipe(cfg: Config, recipe: str, plan: list, *, profile: bool = True,
                   key=lambda b: b["input_ids"].numel())
     saved_mb = saved_tensor_mb(model, lambda: loop.loss(largest))
 
-    val_collate = P.Collator(tok, "longest")
+    val_collate = P.collator(tok, "longest")
     sums, counts = E.response_nll(model, val_ds, val_collate, batch_size=8)
     val_loss = float(sums.sum() / counts.sum())
 
@@ -580,21 +576,17 @@ def _kernel_ab(loop, batches: list) -> dict:
     The steps are applied (the optimizer moves): call it only after
     everything that must see the trained weights.
     """
-    from lorabook import int8cpu
-    keep = int8cpu.ONEDNN_WIDENING
+    from lorabook.speed.int8cpu import onednn_widening
     seconds = {True: 0.0, False: 0.0}
     real = 0
     timed = batches[1:] or batches
-    try:
-        for i, micro in enumerate(timed):
-            real += sum(int(b["attention_mask"].sum()) for b in micro)
-            for flag in ((True, False) if i % 2 == 0 else (False, True)):
-                int8cpu.ONEDNN_WIDENING = flag
+    for i, micro in enumerate(timed):
+        real += sum(int(b["attention_mask"].sum()) for b in micro)
+        for flag in ((True, False) if i % 2 == 0 else (False, True)):
+            with onednn_widening(flag):
                 t = time.perf_counter()
                 loop.step(micro, advance=False)
                 seconds[flag] += time.perf_counter() - t
-    finally:
-        int8cpu.ONEDNN_WIDENING = keep
     return dict(onednn=real / seconds[True], sgemm=real / seconds[False],
                 steps=2 * len(timed))
 
@@ -610,18 +602,18 @@ def _bench_key(cfg: Config, steps: int, gemm_n: int) -> dict:
 
 def _child(kind: str, spec: dict, timeout: float | None = None,
            allocator: str = "system") -> dict:
-    """Run `python -m lorabook.bench --child` under `allocator` and return
+    """Run `python -m benchmarks.harness --child` under `allocator` and return
     its JSON."""
-    from lorabook import alloc
+    from lorabook.speed import alloc
     with tempfile.TemporaryDirectory() as d:
         spec_path, out_path = Path(d) / "spec.json", Path(d) / "out.json"
         spec_path.write_text(json.dumps(dict(spec, kind=kind, out=str(out_path))))
         env = alloc.child_env(dict(os.environ, TOKENIZERS_PARALLELISM="false",
                                    HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore"),
                               allocator)
-        src = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-        p = subprocess.run([sys.executable, "-m", "lorabook.bench", "--child",
+        root = str(Path(__file__).resolve().parents[1])   # benchmarks/
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        p = subprocess.run([sys.executable, "-m", "benchmarks.harness", "--child",
                             str(spec_path)], capture_output=True, text=True,
                            env=env, timeout=timeout)
         if p.returncode or not out_path.is_file():
@@ -773,7 +765,7 @@ def _applies(cfg: Config, recipe: str) -> bool:
     except LorabookError:
         return False
     if recipe == "reference_tcmalloc":      # an allocator comparison
-        from lorabook.alloc import tcmalloc_path
+        from lorabook.speed.alloc import tcmalloc_path
         return tcmalloc_path() is not None
     return True
 
@@ -834,7 +826,28 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def main(argv=None) -> int:
+    """`make bench`: measure (or reuse) and print the comparison table."""
+    from lorabook.config import load_config
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.harness")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--preset", help="config preset (default: default)")
+    ap.add_argument("--config", help="YAML file of config fields")
+    ap.add_argument("--steps", type=int, help="optimizer steps per recipe")
+    ap.add_argument("--force", action="store_true",
+                    help="measure again even if a cached result exists")
+    args = ap.parse_args(argv)
+    if args.child:
+        _child_main(args.child)
+        return 0
+    try:
+        cfg = load_config(args.preset, args.config)
+        print(markdown_table(run_bench(cfg, steps=args.steps, force=args.force)))
+    except LorabookError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--child", required=True)
-    _child_main(ap.parse_args().child)
+    raise SystemExit(main())

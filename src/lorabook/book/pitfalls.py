@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from lorabook import evaluate as E
+from lorabook import generation as G
 from lorabook import metrics as X
 from lorabook import model as M
 from lorabook import preprocess as P
@@ -167,15 +168,19 @@ def pad_is_eos(tokenizer):
     return tok
 
 
-class IdMaskingCollator(P.Collator):
+class IdMaskingCollator:
     """The wrong collator: labels of padding masked by comparing ids.
 
     Like `DataCollatorForLanguageModeling`, it sets a label to -100 wherever
     `input_ids == pad_token_id`; if pad is EOS, every EOS goes with it.
     """
 
+    def __init__(self, tokenizer, *args):
+        self.collate = P.collator(tokenizer, *args)
+        self.pad_id = tokenizer.pad_token_id
+
     def __call__(self, features):
-        batch = super().__call__(features)
+        batch = self.collate(features)
         batch["labels"][batch["input_ids"] == self.pad_id] = -100
         return batch
 
@@ -197,10 +202,10 @@ def eos_label_counts(dataset, tokenizer, batch_size: int = 16) -> list[dict]:
     same = pad_is_eos(tokenizer)
     dclm = DataCollatorForLanguageModeling(same, mlm=False)
     cases = (
-        ("lorabook Collator (padding masked by position)",
-         tokenizer.pad_token, P.Collator(tokenizer), False),
-        ("lorabook Collator (padding masked by position)", same.pad_token,
-         P.Collator(same), False),
+        ("DataCollatorForSeq2Seq (padding masked by position)",
+         tokenizer.pad_token, P.collator(tokenizer), False),
+        ("DataCollatorForSeq2Seq (padding masked by position)", same.pad_token,
+         P.collator(same), False),
         ("padding masked where input_ids == pad_token_id", same.pad_token,
          IdMaskingCollator(same), False),
         ("DataCollatorForLanguageModeling(mlm=False)", same.pad_token,
@@ -293,11 +298,11 @@ def eos_training_comparison(cfg: Config, train_ds, held_out: list[dict],
     prompts = [s["prompt"] for s in held_out]
     ref = P.tokenize_splits({"held_out": held_out}, tokenizer,
                             cfg).splits["held_out"]
-    collator = P.Collator(tokenizer)
+    collator = P.collator(tokenizer)
 
     def measure(model, name, info):
         t0 = time.perf_counter()
-        gens = E.generate(model, tokenizer, prompts,
+        gens = G.generate(model, tokenizer, prompts,
                           max_new_tokens=max_new_tokens,
                           batch_size=gen_batch_size) if generate else None
         gen_s = time.perf_counter() - t0
@@ -320,7 +325,7 @@ def eos_training_comparison(cfg: Config, train_ds, held_out: list[dict],
     rows = []
     for name, wrong in EOS_CASES:
         train_collator = (IdMaskingCollator(pad_is_eos(tokenizer)) if wrong
-                          else P.Collator(tokenizer))
+                          else P.collator(tokenizer))
         model, info = train_lora_slice(cfg, train_ds, train_collator,
                                        epochs=epochs, eos_token_id=eos)
         if with_base and not rows:
@@ -601,9 +606,9 @@ def leakage_training_comparison(cfg: Config, samples: list[dict], tokenizer,
                                   n_groups=n_groups)
     enc = P.tokenize_splits({k: sp[k] for k in ("test", "address", "passage")},
                             tokenizer, cfg).splits
-    collator = P.Collator(tokenizer, cfg.padding, cfg.max_length,
+    collator = P.collator(tokenizer, cfg.padding, cfg.max_length,
                           cfg.pad_to_multiple_of)
-    score_collator = P.Collator(tokenizer)
+    score_collator = P.collator(tokenizer)
     test_groups = set(sp["test_groups"])
     nll, rows = {}, []
 
@@ -698,16 +703,16 @@ def train_lora_slice(cfg: Config, dataset, collator, *, epochs: int = 1,
     per step, losses, learned (labelled) tokens and, given `eos_token_id`,
     EOS labels.
     """
-    from lorabook import train as T
+    from lorabook.book import loop as L
     seed = cfg.seed if seed is None else seed
     rows = [{k: dataset[i][k] for k in ("input_ids", "attention_mask",
                                         "labels")}
             for i in range(len(dataset))]
-    plan = T.length_grouped_batches([len(r["input_ids"]) for r in rows],
+    plan = L.length_grouped_batches([len(r["input_ids"]) for r in rows],
                                     cfg.batch_size, epochs=epochs, seed=seed)
     batches = [collator([rows[i] for i in b]) for b in plan]
     model = M.load_model(cfg)
-    loop = T.LeanLoop(cfg, model, len(batches))
+    loop = L.LeanLoop(cfg, model, len(batches))
     torch.manual_seed(seed)                        # LoRA dropout
     t0 = time.perf_counter()
     losses, step_s = loop.run([[b] for b in batches])

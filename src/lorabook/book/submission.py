@@ -152,11 +152,11 @@ def make_submission(name: str | None = None, root: Path = REPO_ROOT,
 
 
 def main(argv=None) -> int:
-    """`python -m lorabook.submission [--name N] [--author]` (the Makefile).
+    """`python -m lorabook.book.submission [--name N] [--author]` (the Makefile).
 
     --author prints the author the PDF must be built with and exits.
     """
-    p = argparse.ArgumentParser(prog="python -m lorabook.submission")
+    p = argparse.ArgumentParser(prog="python -m lorabook.book.submission")
     p.add_argument("--name", default=None, help="Lastname_Firstname")
     p.add_argument("--author", action="store_true",
                    help=f"print the author to build with (${AUTHOR_ENV})")

@@ -1,0 +1,146 @@
+"""How the models are asked and how they decode (chapter 5).
+
+`generate` is the book's one call of `model.generate`; `instructed_prompt`
+and `few_shot` give the base model its fair chance; `DECODING` is the one
+decoding every shown and scored generation uses.
+"""
+from __future__ import annotations
+
+import torch
+
+from lorabook import model as M
+from lorabook import preprocess as P
+from lorabook.config import LorabookError
+from lorabook.sotu.prompts import parse_sotu_prompt
+from lorabook.speed.int8cpu import dequantized_for_inference
+
+
+def instructed_prompt(prompt: str) -> str:
+    """The base model's fair chance: the same prompt, and the task said.
+
+    The base model is an instruction-tuned assistant; given the bare
+    training prompt it answers like one. This wrapper tells it what the
+    fine-tuned model learned from examples: continue the passage.
+    """
+    p = parse_sotu_prompt(prompt)
+    if p:
+        return (f"Here is the opening of a passage from the State of the "
+                f"Union address of {p['president']} in {p['year']}. "
+                f"Continue the passage with the next one or two sentences "
+                f"of the speech. Reply with those sentences only.\n\n"
+                f"{p['opening']}")
+    if not prompt:
+        return ("Write one passage of the kind of text you were trained "
+                "on. Write only the text, no comment.")
+    return ("Reply to the following as its author would. Write only the "
+            f"reply, no comment.\n\n{prompt}")
+
+
+def chat_ids(turns: list[str], tokenizer) -> list[int]:
+    """Token ids of a few-shot chat: user, assistant, ..., user turns.
+
+    The last turn is the user's; the assistant's answer follows. Each
+    (user, assistant) pair before it is one worked example.
+    """
+    if len(turns) % 2 != 1:
+        raise LorabookError("a few-shot chat needs an odd number of turns "
+                            "(examples as user/assistant pairs, then a user)")
+    chatml = "<|im_start|>" in (getattr(tokenizer, "chat_template", None) or "")
+    end = tokenizer("<|im_end|>\n" if chatml else "\n",
+                    add_special_tokens=False)["input_ids"]
+    ids: list[int] = []
+    for j in range(0, len(turns), 2):
+        part = P.prompt_ids(turns[j], tokenizer)
+        if ids and not chatml and tokenizer.bos_token_id is not None \
+                and part[:1] == [tokenizer.bos_token_id]:
+            part = part[1:]             # one BOS, at the very start
+        ids += part
+        if j + 1 < len(turns):
+            ids += tokenizer(turns[j + 1], add_special_tokens=False)["input_ids"]
+            ids += end
+    return ids
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list, *, max_new_tokens: int,
+             do_sample: bool = False, seed: int = 0, temperature: float = 0.8,
+             top_p: float = 0.95, repetition_penalty: float = 1.0,
+             no_repeat_ngram_size: int = 0, batch_size: int = 64) -> list[dict]:
+    """Batched generation with the KV cache; stops at EOS.
+
+    8-bit layers are de-quantized once per call, not once per new token
+    (`int8cpu.dequantized_for_inference`), and prompts go in batches of 64:
+    on a 2-core CPU a decoding step of 64 rows costs little more than one
+    of 16 (47 against 31 generated tokens/s, measured for 64 test prompts).
+
+    Prompts are left-padded so every sequence's next token sits at the same
+    position. Returns text, whether the model stopped by itself, and the
+    number of generated tokens.
+    """
+    model.eval()
+    kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p,
+                  top_k=0) if do_sample else dict(do_sample=False)
+    if repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = repetition_penalty
+    if no_repeat_ngram_size:
+        kwargs["no_repeat_ngram_size"] = no_repeat_ngram_size
+    results = []
+    with dequantized_for_inference(model):
+        for i in range(0, len(prompts), batch_size):
+            chunk = [P.prompt_ids(p, tokenizer) if isinstance(p, str)
+                     else chat_ids(p, tokenizer)
+                     for p in prompts[i:i + batch_size]]
+            width = max(map(len, chunk))
+            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c
+                                for c in chunk], device=M.device())
+            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c)
+                                 for c in chunk], device=M.device())
+            torch.manual_seed(seed + i)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, use_cache=True, **kwargs)
+            for row in out[:, width:].tolist():
+                stopped = tokenizer.eos_token_id in row
+                row = row[:row.index(tokenizer.eos_token_id)] if stopped else [
+                    t for t in row if t != tokenizer.pad_token_id]
+                results.append(dict(text=tokenizer.decode(
+                    row, skip_special_tokens=True).strip(),
+                    stopped=stopped, n_tokens=len(row) + int(stopped)))
+    return results
+
+
+# The decoding every shown and scored generation uses: greedy, except that
+# no 3-gram may occur twice in one generation. Chapter 5 measures it against
+# plain greedy and nucleus sampling on the fine-tuned model (DECODING_
+# ALTERNATIVES): plain greedy loops, and this keeps greedy's determinism
+# and the real passages' length without the loops.
+DECODING = dict(do_sample=False, no_repeat_ngram_size=3)
+DECODING_ALTERNATIVES = {
+    "greedy": dict(do_sample=False),
+    "nucleus sampling": dict(do_sample=True, temperature=0.8, top_p=0.95,
+                             seed=1234),
+}
+DECODING_NAME = "greedy, no repeated 3-gram"
+
+
+def describe_decoding(kw: dict) -> str:
+    """generate() keyword arguments as the book prints them."""
+    return ", ".join(f"{k}={v}" for k, v in kw.items())
+
+
+def few_shot(prompt: str, train: list[dict]) -> list[str]:
+    """The instructed base model's chat: one worked example, then the task.
+
+    The example is the training passage closest in year to the prompt
+    (the first such in the split's order), or the first training sample
+    for data without years, asked and answered in the same instructed form.
+    """
+    p = parse_sotu_prompt(prompt)
+    if p and all("year" in s for s in train):
+        ex = min(train, key=lambda s: abs(s["year"] - p["year"]))
+    else:
+        ex = train[0]
+    return [instructed_prompt(ex["prompt"]), ex["response"],
+            instructed_prompt(prompt)]
