@@ -13,7 +13,7 @@ APT_PKGS := texlive-latex-recommended texlive-latex-extra texlive-xetex \
             texlive-fonts-recommended latexmk tex-gyre fonts-dejavu-core \
             poppler-utils libtcmalloc-minimal4
 # Training processes run under tcmalloc where it is installed: the same
-# speed as glibc's malloc and ~30% less peak memory (src/lorabook/alloc.py).
+# speed as glibc's malloc and ~30% less peak memory (src/lorabook/speed/alloc.py).
 # LORABOOK_ALLOCATOR=system keeps the system's allocator.
 TCMALLOC = $(shell $(BIN)/python -m lorabook.speed.alloc 2>/dev/null)
 WITH_ALLOC = $(if $(TCMALLOC),LD_PRELOAD="$(TCMALLOC)")

@@ -98,25 +98,20 @@ def test_torchrun_two_processes_shard_the_data_and_agree(tmp_path, tiny_cfg,
     assert sum(first[0].values()) == sum(first[1].values()) == 24
     assert first[0] + first[1] == train_rows
     assert not first[0].keys() & first[1].keys()
-    # Known bugs found by this test (issue 20), each an xfail until fixed;
-    # checked last so that every check above stays a hard one.
-    known = []
-    # The ranks must end with the same adapter (gradients all-reduced) and
-    # move B away from 0. Found: they differ by ~1e-2 even without dropout;
-    # compute_loss receives the bare PeftModel, not a DDP wrapper, so
-    # label_only_loss's forward never triggers DDP's gradient all-reduce.
+    # The ranks end with the same adapter (gradients all-reduced), B moved
+    # away from 0. Broken once (issue 20; ~1e-2 apart even without
+    # dropout): the pre-training evaluate() left the model marked as
+    # prepared, so train() never wrapped it in DistributedDataParallel.
     p0, p1 = (load_file(rec / f"params-{r}.safetensors") for r in (0, 1))
     assert p0.keys() == p1.keys() and any("lora_B" in k for k in p0)
     assert all(p0[k].abs().max() > 0 for k in p0 if "lora_B" in k)
     diff = max((p0[k] - p1[k]).abs().max().item() for k in p0)
-    if diff > 1e-6:
-        known.append(f"the ranks' adapters differ by up to {diff:.2g}")
-    # Later epochs: the Trainer's LengthGroupedSampler has no generator, so
-    # each rank draws its epoch order from its own global torch RNG, which
-    # LoRA dropout on batches of other shapes has moved differently.
+    assert diff <= 1e-6, f"the ranks' adapters differ by up to {diff:.2g}"
+    # Later epochs are a partition too. Broken once (issue 20): the Trainer's
+    # LengthGroupedSampler has no generator, so each rank drew its epoch
+    # order from its own global torch RNG, which LoRA dropout on batches of
+    # other shapes had moved differently.
     for epoch in (1, 2):
         seen = epoch_rows(epoch)
-        if seen[0] + seen[1] != train_rows:
-            known.append(f"epoch {epoch + 1}: the ranks' batches overlap")
-    if known:
-        pytest.xfail("; ".join(known) + " (see the comments above)")
+        assert seen[0] + seen[1] == train_rows, \
+            f"epoch {epoch + 1}: the ranks' batches overlap"

@@ -4,6 +4,7 @@ import random
 import pytest
 
 from lorabook import metrics as M
+from lorabook.sotu import era as ERA
 from lorabook.config import LorabookError
 
 
@@ -75,17 +76,17 @@ def test_longest_overlap_finds_planted_copy():
         True, False, False]
 
 
-def test_longest_overlap_exact_below_ngram_size_and_within_one_text():
-    index = M.build_ngram_index(["a b c d e", "c d e f g"], n=8)
+def test_longest_overlap_exact_at_every_length_and_within_one_text():
+    index = M.build_overlap_index(["a b c d e", "c d e f g"])
     # "b c d e f" is in neither text as a whole; runs never cross texts
     assert M.longest_overlap("b c d e f", index) == 4
     assert M.longest_overlap("x c d y", index) == 2
 
 
 def test_period_of():
-    assert M.period_of(1790) == "1775\u20131799"
-    assert M.period_of(1800) == "1800\u20131824"
-    assert M.period_of(2024) == "2000\u20132024"
+    assert ERA.period_of(1790) == "1775\u20131799"
+    assert ERA.period_of(1800) == "1800\u20131824"
+    assert ERA.period_of(2024) == "2000\u20132024"
 
 
 def test_era_classifier_learns_distinctive_vocabulary():
@@ -107,38 +108,38 @@ def test_era_classifier_learns_distinctive_vocabulary():
                 years.append(year + rng.randint(0, 9))
         return texts, years
 
-    clf = M.train_era_classifier(*sample(30), period=50)
-    assert M.era_accuracy(clf, *sample(10)) >= 0.9
-    assert set(M.era_predict(clf, ["", "atomic soviet"])) <= {
-        M.period_of(y, 50) for y in eras}
+    clf = ERA.train_era_classifier(*sample(30), period=50)
+    assert ERA.era_accuracy(clf, *sample(10)) >= 0.9
+    assert set(ERA.era_predict(clf, ["", "atomic soviet"])) <= {
+        ERA.period_of(y, 50) for y in eras}
     # The default labels are the three eras of ERA_BOUNDS.
-    eras3 = M.train_era_classifier(*sample(30))
-    assert set(M.era_predict(eras3, ["atomic soviet", "militia tariff"])) \
+    eras3 = ERA.train_era_classifier(*sample(30))
+    assert set(ERA.era_predict(eras3, ["atomic soviet", "militia tariff"])) \
         <= {"before 1861", "1861\u20131932", "1933 on"}
-    assert M.era_balanced_accuracy(eras3, *sample(10)) >= 0.9
+    assert ERA.era_balanced_accuracy(eras3, *sample(10)) >= 0.9
 
 
 def test_era_of_bounds():
-    assert M.era_of(1860) == "before 1861"
-    assert M.era_of(1861) == "1861\u20131932"
-    assert M.era_of(1932) == "1861\u20131932"
-    assert M.era_of(1933) == M.era_of(2021) == "1933 on"
-    assert M.era_of(1900, (1850,)) == "1850 on"
+    assert ERA.era_of(1860) == "before 1861"
+    assert ERA.era_of(1861) == "1861\u20131932"
+    assert ERA.era_of(1932) == "1861\u20131932"
+    assert ERA.era_of(1933) == ERA.era_of(2021) == "1933 on"
+    assert ERA.era_of(1900, (1850,)) == "1850 on"
 
 
 def test_balanced_accuracy_does_not_reward_the_majority():
     truth = ["a"] * 8 + ["b"] * 2
     always_a = ["a"] * 10
-    assert M.majority_accuracy(truth) == 0.8
-    assert M.balanced_accuracy(truth, always_a) == 0.5   # chance, 1 / 2
+    assert ERA.majority_accuracy(truth) == 0.8
+    assert ERA.balanced_accuracy(truth, always_a) == 0.5   # chance, 1 / 2
     # recall 6/8 on a and 1/2 on b
     pred = ["a"] * 6 + ["b"] * 2 + ["b", "a"]
-    assert M.balanced_accuracy(truth, pred) == pytest.approx((6 / 8 + 1 / 2) / 2)
+    assert ERA.balanced_accuracy(truth, pred) == pytest.approx((6 / 8 + 1 / 2) / 2)
 
 
 def test_era_classifier_needs_two_eras():
     with pytest.raises(LorabookError, match="at least 2 eras"):
-        M.train_era_classifier(["a b", "a c", "a d"], [1801, 1810, 1820])
+        ERA.train_era_classifier(["a b", "a c", "a d"], [1801, 1810, 1820])
 
 
 def test_echo_voice_loops_and_anachronisms():
@@ -179,8 +180,8 @@ def test_summarize_generations_keys_and_values():
 @pytest.mark.parametrize("call", [
     lambda: M.rouge_l(["a", "b"], ["a"]),
     lambda: M.bleu(["a"], ["a", "b"]),
-    lambda: M.era_accuracy(None, ["a"], [1800, 1900]),
-    lambda: M.train_era_classifier(["a", "b"], [1800]),
+    lambda: ERA.era_accuracy(None, ["a"], [1800, 1900]),
+    lambda: ERA.train_era_classifier(["a", "b"], [1800]),
     lambda: M.summarize_generations(["a"], [], M.build_overlap_index([])),
     lambda: M.rouge_l([], []),
     lambda: M.distinct_n(["a"], 0),

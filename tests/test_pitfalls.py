@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from lorabook import model as M
+from lorabook.book import leakage as LK
+from lorabook.book import loop as L
 from lorabook.book import pitfalls as F
 from lorabook import preprocess as P
 from lorabook.config import LorabookError
@@ -129,7 +131,7 @@ def test_label_names_demo(tiny_model, encoded, tokenizer):
 def test_passage_vs_address_split():
     samples = [dict(id=f"{g}-{i}", group=f"g{g}", response=f"word{g} x{i} y")
                for g in range(20) for i in range(10)]
-    sp = F.passage_vs_address_split(samples, seed=0, n_test=10, n_train=60)
+    sp = LK.passage_vs_address_split(samples, seed=0, n_test=10, n_train=60)
     test_ids = {s["id"] for s in sp["test"]}
     test_groups = set(sp["test_groups"])
     assert {s["group"] for s in sp["test"]} <= test_groups
@@ -138,7 +140,7 @@ def test_passage_vs_address_split():
         assert not test_ids & {s["id"] for s in sp[split]}
     assert not test_groups & {s["group"] for s in sp["address"]}
     # Seeded: the same draw twice.
-    again = F.passage_vs_address_split(samples, seed=0, n_test=10, n_train=60)
+    again = LK.passage_vs_address_split(samples, seed=0, n_test=10, n_train=60)
     assert [s["id"] for s in again["passage"]] == \
         [s["id"] for s in sp["passage"]]
 
@@ -146,11 +148,11 @@ def test_passage_vs_address_split():
 def test_overlap_stats():
     train = [dict(group="a", response="the treaty of ghent was signed")]
     test = [dict(group="a", response="the treaty of ghent is old")]
-    st = F.overlap_stats(test, train)
+    st = LK.overlap_stats(test, train)
     assert st["mean_longest_run"] == 4
     assert st["ngram_seen_share"] == pytest.approx(2 / 4)
     assert st["test_addresses_in_train"] == 1
-    rows = F.split_leakage(
+    rows = LK.split_leakage(
         [dict(id=f"{g}-{i}", group=f"g{g}", response=f"w{g} {i} a b")
          for g in range(20) for i in range(10)],
         seed=0, n_test=10, n_train=50, repeats=2)
@@ -165,8 +167,8 @@ def test_overlap_stats():
 
 def test_trained_demo_sizes(tiny_cfg):
     from lorabook.config import load_config
-    tiny = F.trained_demo_sizes(tiny_cfg)
-    default = F.trained_demo_sizes(load_config("default"))
+    tiny = L.trained_demo_sizes(tiny_cfg)
+    default = L.trained_demo_sizes(load_config("default"))
     assert set(tiny) == set(default)
     for k in ("eos_train", "eos_prompts", "leak_train", "leak_test",
               "leak_test_groups", "leak_groups"):
@@ -178,11 +180,11 @@ def test_trained_demo_sizes(tiny_cfg):
 
 def test_seeded_sample(encoded):
     items = list(range(50))
-    a = F.seeded_sample(items, 10, 3)
+    a = L.seeded_sample(items, 10, 3)
     assert a == sorted(a) and len(set(a)) == 10
-    assert a == F.seeded_sample(items, 10, 3)
-    assert a != F.seeded_sample(items, 10, 4)
-    ds = F.seeded_sample(encoded, 5, 0)
+    assert a == L.seeded_sample(items, 10, 3)
+    assert a != L.seeded_sample(items, 10, 4)
+    ds = L.seeded_sample(encoded, 5, 0)
     assert len(ds) == 5 and "input_ids" in ds.column_names
 
 
@@ -199,7 +201,7 @@ def test_length_grouped_batches():
 
 def test_train_lora_slice(tiny_cfg, encoded, tokenizer):
     cfg = tiny_cfg.replace(load_in_8bit=False)
-    model, info = F.train_lora_slice(cfg, encoded, P.collator(tokenizer),
+    model, info = L.train_lora_slice(cfg, encoded, P.collator(tokenizer),
                                      epochs=2,
                                      eos_token_id=tokenizer.eos_token_id)
     n = len(encoded)
@@ -246,14 +248,14 @@ WORDS = ("apple river stone cloud horse garden silver winter market bridge "
 def test_passage_vs_address_split_pool():
     samples = [dict(id=f"{g}-{i}", group=f"g{g}", response=f"w{g} {i}")
                for g in range(20) for i in range(10)]
-    sp = F.passage_vs_address_split(samples, seed=0, n_test=8, n_train=30,
+    sp = LK.passage_vs_address_split(samples, seed=0, n_test=8, n_train=30,
                                     n_test_groups=2, n_groups=5)
     pool = {s["group"] for s in sp["test"] + sp["address"] + sp["passage"]}
     assert len(pool) <= 5 and len(sp["test_groups"]) == 2
     assert {s["group"] for s in sp["test"]} <= set(sp["test_groups"])
     assert not set(sp["test_groups"]) & {s["group"] for s in sp["address"]}
     with pytest.raises(LorabookError, match="passages outside"):
-        F.passage_vs_address_split(samples, seed=0, n_test=8, n_train=31,
+        LK.passage_vs_address_split(samples, seed=0, n_test=8, n_train=31,
                                    n_test_groups=2, n_groups=5)
 
 
@@ -265,7 +267,7 @@ def test_leakage_training_comparison(tiny_cfg, tokenizer):
                                       * (2 + i % 3)))
                for g in range(10) for i in range(16)]
     cfg = tiny_cfg.replace(load_in_8bit=False, learning_rate=1e-2)
-    res = F.leakage_training_comparison(cfg, samples, tokenizer, n_train=24,
+    res = LK.leakage_training_comparison(cfg, samples, tokenizer, n_train=24,
                                         n_test=8, n_test_groups=2,
                                         n_groups=4, epochs=3)
     by = {r["model"]: r for r in res["rows"]}

@@ -1,2 +1,53 @@
-"""lorabook: 8-bit LoRA fine-tuning of a small language model, as a book."""
+"""lorabook: 8-bit LoRA fine-tuning of a small language model, as a book.
+
+The stages of the report, in order; each imports only from those above it:
+
+    config       one frozen Config: presets, YAML, validation
+    data         load a dataset, clean it, split it by group, describe it
+    preprocess   prompt format, tokens and labels, the collator
+    model        tokenizer, bitsandbytes' 8-bit base, LoRA (PEFT)
+    train        TrainingArguments, the Trainer, the run directory
+    metrics      text metrics over strings (ROUGE, BLEU, overlap, ...)
+    generation   how the models are asked and how they decode
+    evaluate     perplexity, generations and their metrics (chapter 5)
+    plots        the book's figures
+    report       what the chapters print: tables, timings, the author
+    cli          `lorabook data|train|evaluate|export|...`
+
+Beside them, in subpackages:
+
+    speed        the CPU speed layer (int8 products from bitsandbytes'
+                 codes, lean autograd, LM head at labelled positions only,
+                 tcmalloc); below every stage but config, and switched off
+                 by one config field, `speed_layer`
+    sotu         what lorabook knows about its own corpus: the cleaning
+                 rules and passage cutter, the prompt form, the era judge
+    book         what only the book needs: the pitfall demonstrations, the
+                 rule-written assessment, a bare loop for side-by-side runs,
+                 the Sphinx extension, the submission files
+
+`LAYERS` states the order; `tests/test_layout.py` reads every import of
+every module and checks it.
+"""
 __version__ = "0.1.0"
+
+# Lowest first. A module may import modules of its own layer or of layers
+# above it in this list, never of a later one.
+LAYERS = (
+    ("config",),
+    ("speed", "speed.alloc", "speed.int8cpu", "speed.fused", "speed.label_only"),
+    ("sotu", "sotu.cleaning", "sotu.prompts"),
+    ("data",),
+    ("preprocess",),
+    ("model",),
+    ("train",),
+    ("metrics",),
+    ("sotu.era",),
+    ("generation",),
+    ("evaluate",),
+    ("plots",),
+    ("report",),
+    ("book", "book.loop", "book.quantization", "book.pitfalls", "book.leakage",
+     "book.assessment", "book.submission", "book.sphinx_ext"),
+    ("cli", "__main__"),
+)

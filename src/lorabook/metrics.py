@@ -1,5 +1,6 @@
 """Text metrics for the evaluation chapter (chapter 5): overlap with
-references, diversity, memorization, style (era) control.
+references, diversity, memorization, voice and anachronisms (the era
+classifier is in `lorabook.sotu.era`).
 
 Pure functions over strings; no model is loaded here. ROUGE and BLEU come
 from `rouge-score` and `sacrebleu` directly, because the `evaluate` package
@@ -21,11 +22,8 @@ __all__ = [
     "words", "rouge_l", "rouge_l_scores", "bleu",
     "distinct_n", "repeated_ngram_rate", "mean_repeated_ngram_rate",
     "mean_length_words",
-    "Overlap", "OverlapIndex", "build_overlap_index", "build_ngram_index",
-    "longest_overlap", "flag_copies",
-    "period_of", "era_of", "ERA_BOUNDS", "train_era_classifier",
-    "era_predict", "era_accuracy", "era_balanced_accuracy",
-    "balanced_accuracy", "majority_accuracy", "echo_length",
+    "Overlap", "OverlapIndex", "build_overlap_index",
+    "longest_overlap", "flag_copies", "echo_length",
     "ANACHRONISMS", "anachronisms", "first_person_plural_rate", "loop_rate", "META_PHRASES", "meta_rate",
     "summarize_generations",
 ]
@@ -175,8 +173,10 @@ class OverlapIndex:
     Built once in time linear in the corpus; afterwards the longest common
     contiguous word sequence between a query and *any* training text is
     found in one left-to-right pass over the query, exactly and at every
-    length (an n-gram index would be blind to runs shorter than n). Texts
-    are separated by unique symbols so no match crosses two texts.
+    length. A set of n-grams answers only "is a run of n words shared";
+    the longest run would need one set per length (millions of tuples each
+    for the corpus), so the automaton is kept. Texts are separated by
+    unique symbols so no match crosses two texts.
     """
 
     def __init__(self, train_texts: Sequence[str]):
@@ -273,16 +273,6 @@ def build_overlap_index(train_texts: Sequence[str]) -> OverlapIndex:
     return OverlapIndex(train_texts)
 
 
-def build_ngram_index(train_texts: Sequence[str], n: int = 8) -> OverlapIndex:
-    """Same as `build_overlap_index`; the name the design brief used.
-
-    `n` is only validated: the suffix automaton is exact at every length,
-    so it needs no n-gram size (runs shorter than n are still reported).
-    """
-    _check_n(n)
-    return OverlapIndex(train_texts)
-
-
 def _check_index(index):
     if not isinstance(index, OverlapIndex):
         raise LorabookError(
@@ -307,141 +297,6 @@ def flag_copies(generations: Sequence[str], index: OverlapIndex,
     if threshold < 1:
         raise LorabookError(f"threshold must be >= 1 word, got {threshold}")
     return [index.longest(g) >= threshold for g in generations]
-
-
-# --- style control: which era does a text sound like? ---------------------
-
-# Three eras of the addresses, cut at two turning points of American
-# government: the Civil War (1861) and the New Deal (1933). On real test
-# passages a classifier of these eras is right far more often than always
-# guessing the commonest one; on quarter-centuries it was not (chapter 5).
-ERA_BOUNDS = (1861, 1933)
-
-
-def period_of(year: int, period: int = 25) -> str:
-    """Label of the `period`-year bin holding `year`: 1790 -> "1775–1799"."""
-    if period < 1:
-        raise LorabookError(f"period must be >= 1 year, got {period}")
-    start = (int(year) // period) * period
-    return f"{start}\u2013{start + period - 1}"
-
-
-def era_of(year: int, bounds: Sequence[int] = ERA_BOUNDS) -> str:
-    """Label of the era holding `year`; eras start at each bound.
-
-    era_of(1850) -> "before 1861", era_of(1900) -> "1861\u20131932",
-    era_of(1990) -> "1933 on".
-    """
-    bounds = sorted(bounds)
-    if not bounds:
-        raise LorabookError("era bounds must hold at least one year")
-    y = int(year)
-    if y < bounds[0]:
-        return f"before {bounds[0]}"
-    for lo, hi in zip(bounds, bounds[1:]):
-        if y < hi:
-            return f"{lo}\u2013{hi - 1}"
-    return f"{bounds[-1]} on"
-
-
-def _labeller(period: int | None, bounds):
-    if period is not None:
-        return lambda y: period_of(y, period)
-    return lambda y: era_of(y, bounds)
-
-
-def train_era_classifier(texts: Sequence[str], years: Sequence[int],
-                         period: int | None = None,
-                         bounds: Sequence[int] = ERA_BOUNDS, seed: int = 0):
-    """Fit TF-IDF (word 1–2 grams) + logistic regression on era labels.
-
-    Used as an automatic judge of style: a generation prompted with a year
-    should be classified into that year's era. The labels are the eras of
-    `bounds` (`era_of`), or `period`-year bins when `period` is given.
-    Returns a fitted scikit-learn Pipeline; its `label` attribute maps a
-    year to its label.
-    """
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-
-    _check_pair(texts, years)
-    label = _labeller(period, bounds)
-    labels = [label(y) for y in years]
-    if len(set(labels)) < 2:
-        raise LorabookError(
-            f"the era classifier needs texts from at least 2 eras, but all "
-            f"{len(labels)} fall in {labels[0]}; use more varied years or "
-            f"other era bounds")
-    clf = Pipeline([
-        ("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True,
-                                  min_df=2)),
-        # newton-cg reaches the same (convex) optimum as the default lbfgs
-        # in a handful of iterations: ~0.4 s instead of 3-6 s on 1,200 SOTU
-        # passages on a busy 2-core machine.
-        ("logreg", LogisticRegression(max_iter=2000, solver="newton-cg",
-                                      random_state=seed)),
-    ])
-    try:
-        clf.fit([t or "" for t in texts], labels)
-    except ValueError as exc:   # e.g. no word occurs in two texts
-        raise LorabookError(
-            f"could not fit the era classifier on {len(labels)} texts "
-            f"({exc}); it needs more (and non-empty) texts") from exc
-    clf.label = label
-    clf.period = period
-    return clf
-
-
-def era_predict(clf, texts: Sequence[str]) -> list[str]:
-    """Predicted era label for each text."""
-    _check_texts(texts)
-    return list(clf.predict([t or "" for t in texts]))
-
-
-def _truth(clf, years):
-    label = getattr(clf, "label", None) or _labeller(
-        getattr(clf, "period", 25), ERA_BOUNDS)
-    return [label(y) for y in years]
-
-
-def era_accuracy(clf, texts: Sequence[str], years: Sequence[int]) -> float:
-    """Share of texts classified into the era of their year."""
-    _check_pair(texts, years)
-    truth = _truth(clf, years)
-    pred = era_predict(clf, texts)
-    return float(np.mean([p == t for p, t in zip(pred, truth)]))
-
-
-def era_balanced_accuracy(clf, texts: Sequence[str],
-                          years: Sequence[int]) -> float:
-    """Mean over the true eras present of the share classified right.
-
-    Unlike plain accuracy it does not reward always answering the
-    commonest era: that strategy scores 1 / (number of eras present).
-    """
-    _check_pair(texts, years)
-    truth = _truth(clf, years)
-    pred = era_predict(clf, texts)
-    return balanced_accuracy(truth, pred)
-
-
-def balanced_accuracy(truth: Sequence, pred: Sequence) -> float:
-    """Mean per-class recall over the classes present in `truth`."""
-    _check_pair(list(map(str, pred)), list(map(str, truth)))
-    recalls = []
-    for c in sorted(set(truth)):
-        idx = [i for i, t in enumerate(truth) if t == c]
-        recalls.append(np.mean([pred[i] == c for i in idx]))
-    return float(np.mean(recalls))
-
-
-def majority_accuracy(labels: Sequence) -> float:
-    """Accuracy of always guessing the commonest label (the floor)."""
-    if len(labels) == 0:
-        raise LorabookError("nothing to score: the label list is empty")
-    _, counts = np.unique(list(labels), return_counts=True)
-    return float(counts.max() / len(labels))
 
 
 # --- echo, voice and anachronism: checks a reader of the outputs makes ----

@@ -249,6 +249,16 @@ def training_arguments(cfg: Config, out: Path, n_train: int):
         # Batches of similar length: less padding to compute.
         train_sampling_strategy=("group_by_length" if cfg.group_by_length
                                  else "random"),
+        # Under torchrun every rank must draw the same epoch order and take
+        # its shard of it. The length-grouped sampler shuffles with the
+        # process's global RNG (it has no generator), which dropout moves
+        # differently on each rank. With the seedable sampler off (it only
+        # replaces a RandomSampler), accelerate gives the sampler a generator
+        # and broadcasts rank 0's state to every rank at each epoch. One
+        # process keeps the defaults: the book's batch order is unchanged.
+        accelerator_config=({"use_seedable_sampler": False}
+                            if int(os.environ.get("WORLD_SIZE", "1")) > 1
+                            else None),
         bf16=M.use_bf16(cfg),                 # autocast where it pays
         fp16=M.use_fp16(cfg),                 # a GPU without bf16 (T4)
         use_cpu=not on_gpu,
@@ -293,6 +303,14 @@ def fit(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds, *,
     else:
         base_loss = trainer.evaluate()["eval_loss"]
         write_json(base, {"eval_loss": base_loss})
+    if trainer.args.world_size > 1:
+        # evaluate() above had accelerate prepare the model for evaluation
+        # only, which still marks it `_is_accelerate_prepared`; train()'s
+        # accelerator.prepare would then return it as it is (prepare_model's
+        # guard against wrapping twice), never wrapped in
+        # DistributedDataParallel, and the ranks' gradients would not be
+        # all-reduced. Unmark it so that train() wraps it.
+        trainer.model.__dict__.pop("_is_accelerate_prepared", None)
     checkpoint = resume and any((out / "checkpoints").glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if checkpoint else None)
     if is_main_process():

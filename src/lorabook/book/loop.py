@@ -8,6 +8,7 @@ Trainer's optimisation and nothing else.
 from __future__ import annotations
 
 import math
+import random
 import time
 
 import torch
@@ -110,3 +111,72 @@ class LeanLoop:
             if not math.isfinite(losses[-1]):
                 raise LorabookError(f"loss became {losses[-1]} at step {i}")
         return losses, times
+
+
+# The trained pitfall comparisons (appendix) train with this loop.
+
+
+def trained_demo_sizes(cfg: Config) -> dict:
+    """Slice sizes of the trained comparisons: about two minutes on a
+    2-core CPU for the default preset, seconds for the tiny one. The book
+    trains only the EOS pair (`eos_train` samples; `eos_prompts` held-out
+    samples are scored); the leakage sizes serve `lorabook`'s tests and
+    anyone who reruns `leakage_training_comparison`."""
+    if cfg.preset == "tiny":
+        return dict(eos_train=32, eos_prompts=8, eos_epochs=2,
+                    leak_train=32, leak_test=16, leak_test_groups=2,
+                    leak_groups=6, leak_epochs=1)
+    return dict(eos_train=96, eos_prompts=64, eos_epochs=1,
+                leak_train=96, leak_test=48, leak_test_groups=4,
+                leak_groups=12, leak_epochs=1)
+
+
+def seeded_sample(items, n: int, seed: int):
+    """`n` items drawn at random (seeded), kept in their original order;
+    `items` is a list or a `datasets.Dataset`. The splits are in corpus
+    (chronological) order, so their first items would all be early."""
+    idx = sorted(random.Random(seed).sample(range(len(items)),
+                                            min(n, len(items))))
+    if hasattr(items, "select"):
+        return items.select(idx)
+    return [items[i] for i in idx]
+
+
+def train_lora_slice(cfg: Config, dataset, collator, *, epochs: int = 1,
+                     seed: int | None = None,
+                     eos_token_id: int | None = None):
+    """Fresh LoRA adapters on the config's base, trained on `dataset`.
+
+    The recipe of `lorabook train` in `train.LeanLoop` (the benchmark's
+    loop too): the config's base and LoRA settings, AdamW, warm-up and
+    decay, clipping, length-grouped batches of `batch_size`, bf16 autocast
+    where lorabook uses it, the LM head only at labelled positions. The
+    appendix trains pairs of models on small slices, and only their
+    comparison matters. The labels are the collator's, so a wrong collator
+    trains the wrong way.
+
+    Returns (model in eval mode, info) with info: steps, seconds, seconds
+    per step, losses, learned (labelled) tokens and, given `eos_token_id`,
+    EOS labels.
+    """
+    seed = cfg.seed if seed is None else seed
+    rows = [{k: dataset[i][k] for k in ("input_ids", "attention_mask",
+                                        "labels")}
+            for i in range(len(dataset))]
+    plan = length_grouped_batches([len(r["input_ids"]) for r in rows],
+                                    cfg.batch_size, epochs=epochs, seed=seed)
+    batches = [collator([rows[i] for i in b]) for b in plan]
+    model = M.load_model(cfg)
+    loop = LeanLoop(cfg, model, len(batches))
+    torch.manual_seed(seed)                        # LoRA dropout
+    t0 = time.perf_counter()
+    losses, step_s = loop.run([[b] for b in batches])
+    model.eval()
+    info = dict(steps=len(batches), seconds=time.perf_counter() - t0,
+                step_s=step_s, losses=losses, samples=len(rows),
+                learned_tokens=int(sum((b["labels"] != -100).sum()
+                                       for b in batches)))
+    if eos_token_id is not None:
+        info["eos_labels"] = int(sum((b["labels"] == eos_token_id).sum()
+                                     for b in batches))
+    return model, info
