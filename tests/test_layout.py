@@ -74,3 +74,42 @@ def test_module_sizes():
     assert max(sizes.values()) <= 500, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
     top = sum(n for m, n in sizes.items() if "." not in m)
     assert top <= 3500, top
+
+
+def test_speed_layer_off_trains_with_plain_peft_trainer_and_bitsandbytes(
+        tiny_cfg, tmp_path, monkeypatch):
+    """speed_layer=False: bitsandbytes multiplies, no lean autograd, the
+    stock Trainer and its loss through model.forward; training still runs
+    and learns."""
+    import math
+
+    import transformers
+    from bitsandbytes.nn import Linear8bitLt
+
+    from lorabook import model as M
+    from lorabook import speed
+    from lorabook import train as T
+    from lorabook.speed import int8cpu
+    cfg = tiny_cfg.replace(speed_layer=False, output_dir=str(tmp_path / "plain"))
+    assert speed.settings(cfg) == speed.Settings(False, False, False)
+    assert M.quant_backend(cfg) == "bitsandbytes" and not M.use_bf16(cfg)
+    calls = []
+    monkeypatch.setattr(T, "label_only_loss",
+                        lambda *a, **k: calls.append(1))
+    built = []
+    make = T.make_trainer
+
+    def spy(*a, **k):
+        built.append(make(*a, **k))
+        return built[-1]
+    monkeypatch.setattr(T, "make_trainer", spy)
+    run = T.train(cfg, verbose=False)
+    trainer = built[0]
+    assert type(trainer) is transformers.Trainer
+    model = trainer.model
+    assert any(isinstance(m, Linear8bitLt) for m in model.modules())
+    assert int8cpu._fast_int8_layers(model) == []
+    assert not getattr(model, "lorabook_fused", False)
+    assert calls == []
+    m = run.metrics
+    assert math.isfinite(m["best_val_loss"]) and m["best_val_loss"] < m["base_val_loss"]

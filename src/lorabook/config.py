@@ -50,8 +50,8 @@ class Config:
     padding: str = "longest"              # or "max_length" (assignment)
     # With padding="longest", round each training batch's width up to a
     # multiple of this: a few batch shapes instead of one per length keep
-    # PyTorch's per-shape (oneDNN) caches from growing (appendix on
-    # performance). 1 = exactly the longest sample.
+    # PyTorch's per-shape (oneDNN) caches from growing. 1 = exactly the
+    # longest sample.
     pad_to_multiple_of: int = 16
     # --- model ------------------------------------------------------------
     model_name: str = BUNDLED_MODEL

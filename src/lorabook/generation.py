@@ -70,8 +70,7 @@ def generate(model, tokenizer, prompts: list, *, max_new_tokens: int,
 
     8-bit layers are de-quantized once per call, not once per new token
     (`int8cpu.dequantized_for_inference`), and prompts go in batches of 64:
-    on a 2-core CPU a decoding step of 64 rows costs little more than one
-    of 16 (47 against 31 generated tokens/s, measured for 64 test prompts).
+    on a CPU a decoding step of 64 rows costs little more than one of 16.
 
     Prompts are left-padded so every sequence's next token sits at the same
     position. Returns text, whether the model stopped by itself, and the

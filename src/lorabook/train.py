@@ -175,16 +175,12 @@ def trainer_class():
     from transformers import Trainer
 
     class LorabookTrainer(Trainer):
-        label_only_head = True
-
         def compute_loss(self, model, inputs, return_outputs=False,
                          num_items_in_batch=None):
-            loss = None
-            if self.label_only_head:
-                # accelerate puts autocast around model.forward, which
-                # label_only_loss bypasses: enter it here (bf16 / fp16).
-                with self.accelerator.autocast():
-                    loss = label_only_loss(model, inputs, num_items_in_batch)
+            # accelerate puts autocast around model.forward, which
+            # label_only_loss bypasses: enter it here (bf16 / fp16).
+            with self.accelerator.autocast():
+                loss = label_only_loss(model, inputs, num_items_in_batch)
             if loss is None:       # not a plain PEFT causal LM: usual path
                 return super().compute_loss(model, inputs, return_outputs,
                                             num_items_in_batch)
@@ -273,8 +269,11 @@ def make_trainer(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds,
                  verbose: bool = True):
     """The Trainer of chapter 3: model, arguments, splits, collator."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    Trainer = trainer_class()
-    Trainer.label_only_head = speed.settings(cfg).label_only_head
+    from transformers import Trainer as PlainTrainer
+    # The speed layer's loss (the LM head at labelled positions only), or
+    # the Trainer as it is.
+    Trainer = (trainer_class() if speed.settings(cfg).label_only_head
+               else PlainTrainer)
     trainer = Trainer(
         model=model,
         args=training_arguments(cfg, out, len(train_ds)),

@@ -22,7 +22,9 @@ def quantization_cost(cfg: Config, dataset, tokenizer, steps: int = 2) -> list[d
     backward) on a batch of `cfg.batch_size` of them, after one warm-up.
     """
     collator = P.collator(tokenizer)
-    batch = collator([dataset[i] for i in range(min(cfg.batch_size, len(dataset)))])
+    keys = ("input_ids", "attention_mask", "labels")
+    batch = collator([{k: dataset[i][k] for k in keys}
+                      for i in range(min(cfg.batch_size, len(dataset)))])
     batch = {k: v.to(M.device()) for k, v in batch.items()}
     rows = []
     variants = [(False, None, "fp32")]

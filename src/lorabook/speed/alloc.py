@@ -1,14 +1,12 @@
 """The C memory allocator of lorabook's CPU training processes.
 
-A training step allocates and frees a few hundred activation tensors of
-0.1-6 MB each. glibc's malloc serves sizes like these from its heap once
-its mmap threshold has adapted to them, and the heap's free holes stay
-resident: on SmolLM2-135M a step of lorabook's recipe peaked about 0.8 GB
-above what was live at once (with glibc told to mmap every block above
-128 KB the peak dropped by that much, but page faults halved the speed).
-tcmalloc (gperftools' `libtcmalloc_minimal`, the Debian package
-libtcmalloc-minimal4) reuses such blocks by size class: the same speed,
-measured, and about 30% less peak memory (appendix on performance).
+A training step allocates and frees a few hundred activation tensors of a
+few megabytes each. glibc's malloc serves sizes like these from its heap
+once its mmap threshold has adapted to them, and the heap's free holes stay
+resident, so the process peaks well above what is live at once. tcmalloc
+(gperftools' `libtcmalloc_minimal`, the Debian package
+libtcmalloc-minimal4) reuses such blocks by size class: the same speed and
+a lower peak (`make bench` measures both, benchmarks/README.md).
 
 An allocator is chosen when a process starts, through `LD_PRELOAD`:
 `make book` and `make bench` set it, and the benchmark starts

@@ -1,10 +1,10 @@
 """Lean autograd for the frozen parts of a LoRA step: same maths, fewer saved tensors.
 
 With LoRA the base model is frozen, yet autograd still keeps every
-intermediate its ops *could* need for a weight gradient. Measured on
-SmolLM2-135M (batch 8 x 128 tokens, bf16 autocast), one training step kept
-about 0.8 GB of tensors for the backward pass. Four places held most of it;
-each function below keeps only what its backward really needs:
+intermediate its ops *could* need for a weight gradient. Four places hold
+most of what a step keeps for the backward pass (benchmarks/README.md has
+the measurements); each function below keeps only what its backward really
+needs:
 
 * the LM head and its loss (``linear_cross_entropy``): the fp32 logits, the
   log-softmax and the bf16 copy of the 49,152 x 576 head weight. The head
@@ -19,10 +19,10 @@ each function below keeps only what its backward really needs:
   input, where the input itself, shared by the q and v adapters, will do.
 
 One more is about speed: PyTorch's CPU flash attention is fast forward in
-bf16 but its bf16 *backward* takes ~8x its forward (10.7 ms against 3.9 ms
-for fwd+bwd in fp32, per SmolLM2 layer and batch). ``ATTENTION`` runs the
-forward in bf16, keeps only q, k, v, and in backward recomputes the
-attention in fp32 and takes the fp32 gradient.
+bf16 but slow in its bf16 *backward*, slower than the whole fp32 forward
+and backward. ``ATTENTION`` runs the forward in bf16, keeps only q, k, v,
+and in backward recomputes the attention in fp32 and takes the fp32
+gradient.
 
 ``apply(model)`` swaps them into a Llama-family model in place, only where
 the module is exactly the transformers class whose maths they reproduce.
@@ -176,7 +176,7 @@ def keep_mask(shape, p: float, device=None) -> torch.Tensor:
 
     Uses 48 of the 63 random bits of each int64 draw as three uniform
     16-bit integers: a third of the generator calls, and none of the float
-    conversion, of ``torch.rand(shape) >= p`` (3x faster here).
+    conversion, of ``torch.rand(shape) >= p``.
     """
     n = 1
     for d in shape:
