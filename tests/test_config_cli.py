@@ -159,3 +159,30 @@ def test_run_config_reads_what_train_writes(tmp_path):
     run = T.Run(tmp_path, json.loads(json.dumps(T.run_record(cfg))), {}, [])
     got = _run_config(argparse.Namespace(config=None, preset=None), run)
     assert got == cfg
+
+
+def test_cli_set_reaches_every_field_with_yaml_values(monkeypatch, capsys):
+    """--set FIELD=VALUE sets any config field, null included; a malformed
+    pair or an unknown field exits 2 with an error line."""
+    import argparse
+
+    from lorabook import cli
+    seen = []
+    monkeypatch.setattr(cli, "cmd_train", lambda args: seen.append(cli._cfg(args)) or 0)
+    p = cli.build_parser()
+    args = p.parse_args(["train", "--preset", "tiny", "--set", "epochs=5",
+                         "--set", "n_train=null", "--set", "speed_layer=false",
+                         "--set", "target_modules=[q_proj, k_proj]",
+                         "--set", "learning_rate=3e-4"])
+    cfg = cli._cfg(args)
+    assert (cfg.epochs, cfg.n_train, cfg.speed_layer, cfg.learning_rate) == \
+        (5, None, False, 3e-4)
+    assert cfg.target_modules == ("q_proj", "k_proj")
+    assert cfg.lora_r == load_config("tiny").lora_r      # the rest untouched
+    for bad, word in ((["--set", "epochs"], "FIELD=VALUE"),
+                      (["--set", "no_such_field=1"], "no_such_field"),
+                      (["--set", "epochs=two"], "epochs")):
+        assert main(["train", "--preset", "tiny", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and word in err, err
+    assert isinstance(p, argparse.ArgumentParser) and not seen

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from lorabook.config import LorabookError, load_config
@@ -35,9 +36,13 @@ def _set_values(pairs: list[str]) -> dict:
         if not sep or not key.strip():
             raise LorabookError(f"--set expects FIELD=VALUE, got {pair!r}")
         try:
-            values[key.strip()] = yaml.safe_load(raw)
+            value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise LorabookError(f"--set {pair!r}: not a YAML value: {e}") from None
+        if isinstance(value, str) and re.fullmatch(
+                r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value):
+            value = float(value)       # YAML reads 5e-4 (no dot) as a string
+        values[key.strip()] = value
     return values
 
 

@@ -220,6 +220,57 @@ def _text_stats(texts, refs, prompts, years, index) -> dict:
                                    years=years)
 
 
+def _decoding_comparison(model, tokenizer, cfg, prompts, chosen, refs,
+                         index, seconds) -> dict:
+    """Why this decoding: the fine-tuned model on the first few scored
+    prompts under each alternative, against the chosen decoding's
+    generations (`chosen`) of the same prompts."""
+    rows = []
+    for label, kw, texts in (
+            [(DECODING_NAME, DECODING, chosen)]
+            + [(k, v, None) for k, v in DECODING_ALTERNATIVES.items()]):
+        t0 = time.time()
+        if texts is None:
+            texts, _ = _timed(model, tokenizer, prompts, cfg, True, **kw)
+            seconds[f"decoding: {label}"] = time.time() - t0
+        tx = [t["text"] for t in texts]
+        rows.append(dict(
+            decoding=label, parameters=describe_decoding(kw),
+            repeated_3grams=X.mean_repeated_ngram_rate(tx),
+            loop_rate=X.loop_rate(tx), distinct_2=X.distinct_n(tx, 2),
+            stop_rate=float(np.mean([t["stopped"] for t in texts])),
+            mean_words=X.mean_length_words(tx), rouge_l=X.rouge_l(tx, refs)))
+    r = X.summarize_generations(refs, refs, index)
+    rows.append(dict(decoding="real continuations", parameters="",
+                     repeated_3grams=r["repeated_3gram_rate"],
+                     loop_rate=r["loop_rate"], distinct_2=r["distinct_2"],
+                     stop_rate=1.0, mean_words=r["mean_words"], rouge_l=1.0))
+    return dict(n=len(prompts), rows=rows)
+
+
+def _instruction_comparison(model, tokenizer, cfg, prompts, bare, told,
+                            refs, seconds) -> dict:
+    """Why one worked example: the base model with the instruction alone
+    on the same prompts, against its bare (`bare`) and instructed (`told`)
+    generations."""
+    t0 = time.time()
+    zero, _ = _timed(model, tokenizer, [instructed_prompt(p) for p in prompts],
+                     cfg, False, **DECODING)
+    seconds["instruction alone"] = time.time() - t0
+    rows = []
+    for label, texts in (("bare prompt", bare), ("instruction alone", zero),
+                         ("instruction + one example", told),
+                         ("real continuations", None)):
+        tx = refs if texts is None else [t["text"] for t in texts]
+        rows.append(dict(
+            base_model_prompt=label, rouge_l=X.rouge_l(tx, refs),
+            talks_about_the_task=X.meta_rate(tx),
+            stop_rate=1.0 if texts is None else
+            float(np.mean([t["stopped"] for t in texts])),
+            mean_words=X.mean_length_words(tx)))
+    return dict(n=len(prompts), rows=rows)
+
+
 def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
                          all_samples, run_path: Path,
                          verbose: bool = True) -> tuple[dict, dict | None]:
@@ -280,53 +331,13 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
         "mean_words", "we_rate", "stop_rate", "anachronism_rate",
         "meta_rate")}
 
-    # Why this decoding: the fine-tuned model on the first few scored
-    # prompts under each alternative, against the chosen decoding's
-    # generations of the same prompts.
     n_dec = min(16, n_metric)
-    rows = []
-    for label, kw, texts in (
-            [(DECODING_NAME, DECODING, gens["finetuned"][:n_dec])]
-            + [(k, v, None) for k, v in DECODING_ALTERNATIVES.items()]):
-        t0 = time.time()
-        if texts is None:
-            texts, _ = _timed(model, tokenizer, bare[:n_dec], cfg, True, **kw)
-            seconds[f"decoding: {label}"] = time.time() - t0
-        rows.append(dict(
-            decoding=label, parameters=describe_decoding(kw),
-            repeated_3grams=X.mean_repeated_ngram_rate([t["text"] for t in texts]),
-            loop_rate=X.loop_rate([t["text"] for t in texts]),
-            distinct_2=X.distinct_n([t["text"] for t in texts], 2),
-            stop_rate=float(np.mean([t["stopped"] for t in texts])),
-            mean_words=X.mean_length_words([t["text"] for t in texts]),
-            rouge_l=X.rouge_l([t["text"] for t in texts], refs[:n_dec])))
-    r = X.summarize_generations(refs[:n_dec], refs[:n_dec], index)
-    rows.append(dict(decoding="real continuations", parameters="",
-                     repeated_3grams=r["repeated_3gram_rate"],
-                     loop_rate=r["loop_rate"], distinct_2=r["distinct_2"],
-                     stop_rate=1.0, mean_words=r["mean_words"],
-                     rouge_l=1.0))
-    out["decoding_comparison"] = dict(n=n_dec, rows=rows)
-
-    # Why one worked example: the base model with the instruction alone on
-    # the same prompts, against the bare and the instructed generations.
-    t0 = time.time()
-    zero, _ = _timed(model, tokenizer, [instructed_prompt(p) for p in
-                                        bare[:n_dec]], cfg, False, **DECODING)
-    seconds["instruction alone"] = time.time() - t0
-    rows = []
-    for label, texts in (("bare prompt", gens["base"][:n_dec]),
-                         ("instruction alone", zero),
-                         ("instruction + one example", gens["base_instructed"][:n_dec]),
-                         ("real continuations", None)):
-        tx = refs[:n_dec] if texts is None else [t["text"] for t in texts]
-        rows.append(dict(
-            base_model_prompt=label, rouge_l=X.rouge_l(tx, refs[:n_dec]),
-            talks_about_the_task=X.meta_rate(tx),
-            stop_rate=1.0 if texts is None else
-            float(np.mean([t["stopped"] for t in texts])),
-            mean_words=X.mean_length_words(tx)))
-    out["instruction_comparison"] = dict(n=n_dec, rows=rows)
+    out["decoding_comparison"] = _decoding_comparison(
+        model, tokenizer, cfg, bare[:n_dec], gens["finetuned"][:n_dec],
+        refs[:n_dec], index, seconds)
+    out["instruction_comparison"] = _instruction_comparison(
+        model, tokenizer, cfg, bare[:n_dec], gens["base"][:n_dec],
+        gens["base_instructed"][:n_dec], refs[:n_dec], seconds)
 
     # Records of the shown generations, for the chapter and the assessment.
     shown = list(show_at) + list(range(n_metric, len(items)))
