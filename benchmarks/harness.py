@@ -76,12 +76,14 @@ def recipe_config(cfg: Config, recipe: str) -> Config:
     lorabook's recipes keep cfg's `bf16` (None: where the CPU has native
     bf16), so that a test can pin either branch on any CPU."""
     if recipe in ("reference", "reference_tcmalloc"):
-        return cfg.replace(quant_backend="bitsandbytes", load_in_8bit=True,
+        return cfg.replace(speed_layer=False, quant_backend="bitsandbytes",
+                           load_in_8bit=True,
                            gradient_checkpointing=True, padding="max_length",
                            bf16=False, label_only_head=False, fused_ops=False,
                            micro_batch_size=None)
     if recipe == "lorabook":
-        return cfg.replace(quant_backend="int8cpu", load_in_8bit=True,
+        return cfg.replace(speed_layer=True, quant_backend="int8cpu",
+                           load_in_8bit=True,
                            gradient_checkpointing=False, padding="longest",
                            bf16=cfg.bf16, label_only_head=True, fused_ops=True)
     if recipe == "lorabook_unfused":

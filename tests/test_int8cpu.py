@@ -87,7 +87,7 @@ def test_fast_product_not_worse_than_bitsandbytes_with_an_outlier():
 def test_8bit_model_logits_near_fp32_and_smaller(tiny_cfg):
     from lorabook import model as M
     ref = M.load_base_model(tiny_cfg, quantize=False).eval()
-    q = M.load_base_model(tiny_cfg.replace(quant_backend="int8cpu")).eval()
+    q = M.load_base_model(tiny_cfg.replace(quant_backend="int8cpu", speed_layer=True)).eval()
     assert q.lorabook_fast_int8 == 14          # q,k,v,o,gate,up,down x 2
     assert q.get_memory_footprint() < ref.get_memory_footprint()
     ids = torch.randint(0, 1000, (2, 16))
@@ -97,7 +97,7 @@ def test_8bit_model_logits_near_fp32_and_smaller(tiny_cfg):
 
 def test_dequantized_for_inference_same_outputs_and_freed(tiny_cfg):
     from lorabook import model as M
-    model = M.load_base_model(tiny_cfg.replace(quant_backend="int8cpu",
+    model = M.load_base_model(tiny_cfg.replace(quant_backend="int8cpu", speed_layer=True,
                                                bf16=False)).eval()
     for m in model.modules():          # pin fp32 products on any CPU
         if hasattr(m, "compute_dtype"):
@@ -128,7 +128,7 @@ def test_dequantized_for_inference_same_outputs_and_freed(tiny_cfg):
 
 def test_lora_training_keeps_the_bitsandbytes_weights_int8(tiny_cfg):
     from lorabook import model as M
-    model = M.load_model(tiny_cfg.replace(quant_backend="int8cpu",
+    model = M.load_model(tiny_cfg.replace(quant_backend="int8cpu", speed_layer=True,
                                           lora_dropout=0.0))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)

@@ -82,7 +82,7 @@ def test_int8cpu_backend_is_bitsandbytes_model(tiny_cfg):
     only who multiplies changes."""
     import bitsandbytes as bnb
     from lorabook.speed.int8cpu import bnb_int8_state
-    fast = M.load_model(tiny_cfg.replace(quant_backend="int8cpu"))
+    fast = M.load_model(tiny_cfg.replace(quant_backend="int8cpu", speed_layer=True))
     plain = M.load_model(tiny_cfg.replace(quant_backend="bitsandbytes"))
     layers = [m for m in fast.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
     ref = [m for m in plain.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
@@ -147,7 +147,7 @@ def test_use_bf16_pins_and_follows_the_cpu(tiny_cfg, monkeypatch, native):
     from lorabook.speed import int8cpu
     monkeypatch.setattr(int8cpu, "is_fast_bf16_cpu", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    auto = tiny_cfg.replace(bf16=None, quant_backend="int8cpu")
+    auto = tiny_cfg.replace(bf16=None, quant_backend="int8cpu", speed_layer=True)
     assert M.use_bf16(auto) is native
     assert M.use_bf16(auto.replace(bf16=True)) is True
     assert M.use_bf16(auto.replace(bf16=False)) is False

@@ -189,7 +189,7 @@ def test_both_training_loops_follow_the_bf16_decision(tiny_cfg, tmp_path,
         seen.append(torch.is_autocast_enabled("cpu"))
         return torch.zeros(())
     monkeypatch.setattr(L, "label_only_loss", spy)
-    cfg = tiny_cfg.replace(quant_backend="int8cpu", bf16=None)
+    cfg = tiny_cfg.replace(quant_backend="int8cpu", speed_layer=True, bf16=None)
     for c, want in ((cfg, native), (cfg.replace(bf16=not native), not native)):
         loop = L.LeanLoop(c, torch.nn.Linear(2, 2), 1)
         loop.loss({"input_ids": torch.zeros(1, 2, dtype=torch.long)})

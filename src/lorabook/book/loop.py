@@ -75,7 +75,9 @@ class LeanLoop:
             if speed.settings(self.cfg).label_only_head:
                 loss = label_only_loss(self.model, batch, n_items)
             if loss is None:
-                loss = self.model(**batch).loss
+                loss = self.model(**batch).loss   # mean over this batch
+                if n_items is not None:           # part of a larger step
+                    loss = loss * learned_tokens([batch]) / n_items
         return loss
 
     def step(self, micro: list[dict], *, advance: bool = True) -> float:
