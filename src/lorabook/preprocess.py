@@ -123,6 +123,17 @@ def check_learned_tokens(dataset) -> float:
     return learned / total
 
 
+def _check_padding(padding: str, max_length: int | None,
+                   multiple_of: int | None) -> None:
+    if padding not in ("longest", "max_length"):
+        raise LorabookError(
+            f"padding must be 'longest' or 'max_length', got {padding!r}")
+    if padding == "max_length" and not max_length:
+        raise LorabookError("padding='max_length' needs max_length")
+    if multiple_of is not None and multiple_of < 1:
+        raise LorabookError(f"multiple_of must be >= 1, got {multiple_of}")
+
+
 def collator(tokenizer, padding: str = "longest", max_length: int | None = None,
              multiple_of: int | None = None):
     """A batch collator: Hugging Face's `DataCollatorForSeq2Seq`.
@@ -135,12 +146,7 @@ def collator(tokenizer, padding: str = "longest", max_length: int | None = None,
     batch to `max_length`, as the assignment's recipe does.
     """
     from transformers import DataCollatorForSeq2Seq
-    if padding not in ("longest", "max_length"):
-        raise LorabookError(f"padding must be 'longest' or 'max_length', got {padding!r}")
-    if padding == "max_length" and not max_length:
-        raise LorabookError("padding='max_length' needs max_length")
-    if multiple_of is not None and multiple_of < 1:
-        raise LorabookError(f"multiple_of must be >= 1, got {multiple_of}")
+    _check_padding(padding, max_length, multiple_of)
     return DataCollatorForSeq2Seq(
         tokenizer, padding=padding,
         max_length=max_length if padding == "max_length" else None,
