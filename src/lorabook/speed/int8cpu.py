@@ -129,40 +129,36 @@ class _DequantLinear(torch.autograd.Function):
     """y = x @ dequant(W)^T + b; backward recomputes dequant(W) for dx."""
 
     @staticmethod
-    def forward(ctx, x, qweight, scale, bias, compute_dtype, out_dtype, save_dequantized):
+    def forward(ctx, x, qweight, scale, bias, compute_dtype, out_dtype):
         w = dequantize_rowwise(qweight, scale, compute_dtype)
         y = _linear_in(x, w, bias)
         ctx.x_dtype = x.dtype
         ctx.compute_dtype = compute_dtype
         ctx.has_bias = bias is not None
         ctx.bias_dtype = None if bias is None else bias.dtype
-        if save_dequantized:  # faster backward, but the bf16 copy lives until backward
-            ctx.save_for_backward(w, None)
-        else:
-            ctx.save_for_backward(qweight, scale)
+        ctx.save_for_backward(qweight, scale)
         return y.to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        a, scale = ctx.saved_tensors
+        codes, scale = ctx.saved_tensors
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
             g = grad_out.to(ctx.compute_dtype)
-            if scale is not None and a.shape[1] > a.shape[0] and \
-                    _onednn_takes(ctx.compute_dtype):
+            if codes.shape[1] > codes.shape[0] and _onednn_takes(ctx.compute_dtype):
                 # grad_x = g @ W widens (e.g. the down projection): W^T as a
                 # contiguous weight takes `linear`'s faster path.
                 # (Converting the transposed view in one go: half the time
                 # of an int8 transpose followed by the conversion.)
-                wt = a.t().to(ctx.compute_dtype, memory_format=torch.contiguous_format)
+                wt = codes.t().to(ctx.compute_dtype, memory_format=torch.contiguous_format)
                 wt.mul_(scale.to(ctx.compute_dtype))
                 grad_x = linear(g, wt).to(ctx.x_dtype)
             else:
-                w = a if scale is None else dequantize_rowwise(a, scale, ctx.compute_dtype)
+                w = dequantize_rowwise(codes, scale, ctx.compute_dtype)
                 grad_x = torch.matmul(g, w).to(ctx.x_dtype)
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(ctx.bias_dtype)
-        return grad_x, None, None, grad_bias, None, None, None
+        return grad_x, None, None, grad_bias, None, None
 
 
 # --------------------------------------------------------------------------
@@ -197,7 +193,7 @@ def _bnb_fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         compute, out = self.compute_dtype, x.dtype
     codes, scale = bnb_int8_state(self)
     with torch.autocast("cpu", enabled=False):
-        return _DequantLinear.apply(x, codes, scale, self.bias, compute, out, False)
+        return _DequantLinear.apply(x, codes, scale, self.bias, compute, out)
 
 
 def use_fast_cpu_products(model: nn.Module,
