@@ -62,6 +62,7 @@ class LeanLoop:
         from transformers import get_linear_schedule_with_warmup
         self.cfg, self.model = cfg, model
         self.dev, self.bf16 = M.device(), M.use_bf16(cfg)
+        self.label_only = speed.settings(cfg).label_only_head
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate,
                                      weight_decay=cfg.weight_decay)
@@ -72,7 +73,7 @@ class LeanLoop:
         batch = {k: v.to(self.dev) for k, v in batch.items()}
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
             loss = None
-            if speed.settings(self.cfg).label_only_head:
+            if self.label_only:
                 loss = label_only_loss(self.model, batch, n_items)
             if loss is None:
                 loss = self.model(**batch).loss   # mean over this batch
@@ -149,8 +150,8 @@ def train_lora_slice(cfg: Config, dataset, collator, *, epochs: int = 1,
                      eos_token_id: int | None = None):
     """Fresh LoRA adapters on the config's base, trained on `dataset`.
 
-    The recipe of `lorabook train` in `train.LeanLoop` (the benchmark's
-    loop too): the config's base and LoRA settings, AdamW, warm-up and
+    The recipe of `lorabook train` in `LeanLoop` (the benchmark's loop
+    too): the config's base and LoRA settings, AdamW, warm-up and
     decay, clipping, length-grouped batches of `batch_size`, bf16 autocast
     where lorabook uses it, the LM head only at labelled positions. The
     appendix trains pairs of models on small slices, and only their
@@ -166,7 +167,7 @@ def train_lora_slice(cfg: Config, dataset, collator, *, epochs: int = 1,
                                         "labels")}
             for i in range(len(dataset))]
     plan = length_grouped_batches([len(r["input_ids"]) for r in rows],
-                                    cfg.batch_size, epochs=epochs, seed=seed)
+                                  cfg.batch_size, epochs=epochs, seed=seed)
     batches = [collator([rows[i] for i in b]) for b in plan]
     model = M.load_model(cfg)
     loop = LeanLoop(cfg, model, len(batches))
