@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lorabook import data as D
 from lorabook import metrics as X
 from lorabook import model as M
 from lorabook import preprocess as P
@@ -404,10 +403,7 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
     result["validation"] = score_split(model, enc.splits["validation"],
                                        collator, cfg)
 
-    all_samples = D.load_samples(
-        cfg.resolve(cfg.data_path), text_column=cfg.text_column,
-        prompt_column=cfg.prompt_column, response_column=cfg.response_column,
-        group_column=cfg.group_column, min_samples=1)
+    all_samples = P.config_samples(cfg, min_samples=1)
     result["generation"], style = evaluate_generations(
         model, tokenizer, cfg, splits, all_samples, run.path, verbose)
     if style is not None:

@@ -186,16 +186,22 @@ def token_lengths(dataset) -> dict:
                 total=[p + r for p, r in zip(prompt, response)])
 
 
+def config_samples(cfg: Config, min_samples: int | None = None) -> list[dict]:
+    """The config's dataset as `data.load_samples` reads it (its path,
+    columns and group column), before cleaning."""
+    return D.load_samples(
+        cfg.resolve(cfg.data_path), text_column=cfg.text_column,
+        prompt_column=cfg.prompt_column, response_column=cfg.response_column,
+        group_column=cfg.group_column,
+        min_samples=cfg.min_samples if min_samples is None else min_samples)
+
+
 def prepare_data(cfg: Config, tokenizer):
     """Load, clean, split and tokenize the data of a config.
 
     Returns (samples per split, cleaning report, Encoded splits).
     """
-    samples = D.load_samples(
-        cfg.resolve(cfg.data_path), text_column=cfg.text_column,
-        prompt_column=cfg.prompt_column, response_column=cfg.response_column,
-        group_column=cfg.group_column, min_samples=cfg.min_samples)
-    samples, report = D.clean_samples(samples)
+    samples, report = D.clean_samples(config_samples(cfg))
     splits = D.split_samples(
         samples, seed=cfg.seed, val_fraction=cfg.val_fraction,
         test_fraction=cfg.test_fraction, n_train=cfg.n_train,
