@@ -18,9 +18,24 @@ APT_PKGS := texlive-latex-recommended texlive-latex-extra texlive-xetex \
 TCMALLOC = $(shell $(BIN)/python -m lorabook.speed.alloc 2>/dev/null)
 WITH_ALLOC = $(if $(TCMALLOC),LD_PRELOAD="$(TCMALLOC)")
 
-.PHONY: setup book html pdf test test-fast bench submission gpu-check clean
+.PHONY: setup run book html pdf test test-fast bench submission gpu-check clean
 
-setup: $(STAMP) .latex-ok
+# A local MathJax, so that the HTML's formulas render offline
+# (_config.yml's mathjax_path points at it).
+MATHJAX_VERSION := 3.2.2
+MATHJAX := .cache/html_static/mathjax/tex-mml-chtml.js
+
+setup: $(STAMP) .latex-ok $(MATHJAX)
+
+$(MATHJAX):
+	@command -v npm >/dev/null || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
+	rm -rf .cache/mathjax.tmp && mkdir -p .cache/mathjax.tmp .cache/html_static
+	cd .cache/mathjax.tmp && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null
+	tar -xzf .cache/mathjax.tmp/mathjax-$(MATHJAX_VERSION).tgz -C .cache/mathjax.tmp
+	rm -rf .cache/html_static/mathjax
+	mv .cache/mathjax.tmp/package/es5 .cache/html_static/mathjax
+	rm -rf .cache/mathjax.tmp
 
 # A machine whose python3 already has a CUDA build of torch (a Colab GPU
 # runtime) keeps it: the venv sees the system's packages and torch is not
@@ -51,7 +66,13 @@ $(STAMP): pyproject.toml
 	    apt-get install -y -qq $(APT_PKGS); fi
 	@touch .latex-ok
 
-book: setup html pdf
+# Training and evaluation run first, in the terminal, with their progress
+# (step, losses, time left); the chapters then reuse the finished run.
+book: setup run html pdf
+
+run: setup
+	$(WITH_ALLOC) $(BIN)/lorabook train
+	$(WITH_ALLOC) $(BIN)/lorabook evaluate
 
 html: setup
 	$(WITH_ALLOC) $(BIN)/jupyter-book build book

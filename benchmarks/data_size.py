@@ -35,6 +35,8 @@ def main():
     sums, counts = E.response_nll(model, enc.splits["test"], P.collator(tok),
                                   cfg.eval_batch_size)
     out = dict(measured=str(datetime.date.today()), n_train=run.metrics["n_train"],
+               recipe=dict(target_modules=cfg.to_dict()["target_modules"],
+                           learning_rate=cfg.learning_rate),
                epochs=cfg.epochs, train_steps=run.metrics["train_steps"],
                best_val_loss=run.metrics["best_val_loss"],
                test_perplexity=E.perplexity(sums.sum(), counts.sum()),

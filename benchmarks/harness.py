@@ -642,7 +642,7 @@ def _child_main(spec_path: str) -> None:
 
 def _config_from_dict(d: dict) -> Config:
     d = dict(d)
-    if d.get("target_modules") is not None:
+    if isinstance(d.get("target_modules"), list):
         d["target_modules"] = tuple(d["target_modules"])
     return Config(**d)
 

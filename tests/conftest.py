@@ -1,5 +1,9 @@
-"""Shared fixtures: the tiny preset, its tokenizer and model (seconds)."""
+"""Shared fixtures: the tiny preset, its tokenizer and model (seconds); the
+tiny-preset book, built once per session (minutes)."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +54,39 @@ def tiny_run(tiny_cfg):
     """One finished tiny training run, shared by the tests that read it."""
     from lorabook.train import train
     return train(tiny_cfg, verbose=False)
+
+
+# The book's PDF is built as `make submission NAME=Doe_Jane` builds it.
+BOOK_AUTHOR = "Jane Doe"
+
+
+@pytest.fixture(scope="session")
+def book_build(tmp_path_factory):
+    """The whole book with the tiny preset, strict, HTML and PDF: (the
+    _build folder, {builder: log}); test_book.py and test_offline_html.py
+    read it."""
+    from lorabook.config import REPO_ROOT
+    from lorabook.report import AUTHOR_ENV
+    jb = str(Path(sys.executable).parent / "jupyter-book")
+    out = tmp_path_factory.mktemp("book")
+    logs = {}
+    for builder, extra, env_extra in (
+            ("html", [], {}),
+            ("pdf", ["--builder", "pdflatex"], {AUTHOR_ENV: BOOK_AUTHOR})):
+        env = dict(os.environ, LORABOOK_PRESET="tiny", **env_extra)
+        if not env_extra:
+            env.pop(AUTHOR_ENV, None)
+        # -W: warnings are errors; -n: nitpicky references; allow_errors is
+        # false in _config.yml, so a failing cell fails the build.
+        proc = subprocess.run(
+            [jb, "build", "book", "--path-output", str(out), "-W", "-n",
+             "--keep-going", *extra],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        logs[builder] = proc.stdout + proc.stderr
+    return out / "_build", logs
+
+
+@pytest.fixture(scope="session")
+def built(book_build):
+    return book_build[0]

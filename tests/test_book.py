@@ -1,23 +1,21 @@
 """Builds the whole book with the tiny preset, strict, HTML and PDF, and
 reads the PDF as a grader would: length, blank pages, words, numbers."""
 import json
-import os
 import re
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import BOOK_AUTHOR as AUTHOR   # the PDF's author
 from lorabook.config import REPO_ROOT
-from lorabook.report import AUTHOR_ENV, placeholder_warning, student
+from lorabook.report import placeholder_warning, student
 
+# The book itself is built once per session by the fixture `book_build` in
+# conftest.py (test_offline_html.py reads the same build).
 pytestmark = pytest.mark.slow
-JB = str(Path(sys.executable).parent / "jupyter-book")
-# The PDF is built as `make submission NAME=Doe_Jane` builds it.
-AUTHOR = "Jane Doe"
 MAX_PAGES = 35
 # Words a reader of the course cannot decode: the repository's own history
 # and tooling. "CI" only as a confidence interval ("95% CI", "CI low").
@@ -31,32 +29,6 @@ def test_name_and_code_link_are_set_in_one_place():
     # No second copy of the code link: the extension sets `release`.
     assert "release" not in cfg["sphinx"].get("config", {})
     assert "lorabook.book.sphinx_ext" in cfg["sphinx"]["extra_extensions"]
-
-
-@pytest.fixture(scope="module")
-def book_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("book")
-    logs = {}
-    for builder, extra, env_extra in (
-            ("html", [], {}),
-            ("pdf", ["--builder", "pdflatex"], {AUTHOR_ENV: AUTHOR})):
-        env = dict(os.environ, LORABOOK_PRESET="tiny", **env_extra)
-        if not env_extra:
-            env.pop(AUTHOR_ENV, None)
-        # -W: warnings are errors; -n: nitpicky references; allow_errors is
-        # false in _config.yml, so a failing cell fails the build.
-        proc = subprocess.run(
-            [JB, "build", "book", "--path-output", str(out), "-W", "-n",
-             "--keep-going", *extra],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-        logs[builder] = proc.stdout + proc.stderr
-    return out / "_build", logs
-
-
-@pytest.fixture(scope="module")
-def built(book_build):
-    return book_build[0]
 
 
 def _pages(pdf: Path) -> list[str]:
@@ -135,6 +107,68 @@ def test_pdf_has_no_undecodable_words_or_long_numbers(pages):
     # No number printed with 8 or more decimals (a raw float repr).
     m = re.search(r"\d\.\d{8,}", flat)
     assert not m, flat[max(0, m.start() - 80):m.end() + 80]
+
+
+def _tex_text(tex: str) -> str:
+    for a, b in ((r"\_", "_"), (r"\sphinxhyphen{}", "-"), (r"\textless{}", "<"),
+                 (r"\textgreater{}", ">"), (r"\textbar{}", "|")):
+        tex = tex.replace(a, b)
+    return tex
+
+
+def _strip(word: str) -> str:
+    return word.strip(".,;:()[]'\"`")
+
+
+def hyphen_splits(layout_pages: list[str]) -> tuple[set, set]:
+    """Words the PDF hyphenates at a line end, joined again, from
+    pdftotext's layout text (its reading-order text joins them itself):
+    (joined with any word of the next two lines that starts left of the
+    fragment's end: running text and table cells; joined only with the
+    word that starts in the fragment's own column: a cell of a table)."""
+    anywhere, column = set(), set()
+    for page in layout_pages:
+        lines = page.split("\n")
+        for i, line in enumerate(lines[:-1]):
+            for m in re.finditer(r"(\S+)-(?=\s|$)", line):
+                col = m.start(1)
+                for below in lines[i + 1:i + 3]:
+                    for r in re.finditer(r"\S+", below):
+                        if r.start() <= m.end(1):
+                            anywhere.add(_strip(m.group(1) + r.group()))
+                        if abs(r.start() - col) <= 2:
+                            column.add(_strip(m.group(1) + r.group()))
+    return anywhere, column
+
+
+def hyphenated_code_and_headers(tex: str, layout_pages: list[str]) -> list[str]:
+    """Inline-code identifiers (with an underscore, a special token's "<|",
+    or CamelCase) and table-header words that the PDF hyphenates."""
+    tex = _tex_text(tex)
+    code = {_strip(w) for c in re.findall(
+                r"\\sphinxcode\{\\sphinxupquote\{(.*?)\}\}", tex)
+            for w in c.split()}
+    code = {w for w in code if re.search(r"[_<|]|[a-z][A-Z]", w)}
+    heads = {_strip(w) for h in re.findall(
+                 r"\\sphinxstyletheadfamily\s*\n\\sphinxAtStartPar\n(.*?)\n",
+                 tex) for w in h.split()}
+    heads = {w for w in heads if len(w) >= 4}
+    anywhere, column = hyphen_splits(layout_pages)
+    return sorted((code & anywhere) | (heads & column))
+
+
+def test_pdf_hyphenates_no_identifier_or_table_header(built, pages):
+    tex = (built / "latex" / "lorabook.tex").read_text()
+    # Up to the bibliography, whose titles are plain text (a class name in
+    # an issue's title may be hyphenated there like any word).
+    body = []
+    for page in pages:
+        m = re.search(r"^\s*Bibliography\s*$", page, re.M)
+        body.append(page[:m.start()] if m else page)
+        if m:
+            break
+    bad = hyphenated_code_and_headers(tex, body)
+    assert not bad, f"hyphenated in the PDF: {bad}"
 
 
 # A decimal number (not a version such as 4.57.1, nor part of a word); a

@@ -354,3 +354,29 @@ def test_evaluation_settings_keep_the_run_training_settings_do_not(tiny_cfg,
     assert again is not None and again.path == tiny_run.path
     assert T.finished_run(tiny_cfg.replace(learning_rate=1e-3)) is None
     assert T.finished_run(tiny_cfg.replace(n_evals=3)) is None
+
+
+def test_log_line_shows_steps_and_time_left():
+    """`make book` prints these lines while it trains: a newcomer sees the
+    step, the losses and how long is left."""
+    import time
+    from types import SimpleNamespace
+    state = SimpleNamespace(global_step=32, max_steps=128, epoch=0.5)
+    line = T.log_line(state, {"loss": 3.2, "learning_rate": 1e-3},
+                      time.time() - 64)
+    assert "step   32/128" in line and "loss 3.200" in line
+    assert "~3 min left" in line          # 2 s a step, 96 steps to go
+    done = SimpleNamespace(global_step=128, max_steps=128, epoch=1.0)
+    assert "left" not in T.log_line(done, {"eval_loss": 3.1}, time.time() - 9)
+    assert T.log_line(state, {"grad_norm": 1.0}, time.time()) is None
+
+
+def test_evaluations_land_on_every_epoch_end():
+    from lorabook.config import load_config
+    for n_train, bs, epochs, n_evals in ((1023, 8, 3, 6), (48, 8, 3, 6),
+                                         (100, 8, 4, 5), (37, 4, 3, 20)):
+        cfg = load_config("tiny", batch_size=bs, epochs=epochs, n_evals=n_evals)
+        per_epoch = -(-n_train // bs)
+        assert per_epoch % T.eval_every(cfg, n_train) == 0
+    cfg = load_config("tiny", batch_size=8, epochs=3, n_evals=6)
+    assert T.eval_every(cfg, 1023) == 64          # 128 steps an epoch, twice

@@ -9,6 +9,7 @@ The stages of the report, in order; each imports only from those above it:
     train        TrainingArguments, the Trainer, the run directory
     metrics      text metrics over strings (ROUGE, BLEU, overlap, ...)
     generation   how the models are asked and how they decode
+    memorization did the base model see the texts? (a contamination check)
     evaluate     perplexity, generations and their metrics (chapter 5)
     plots        the book's figures
     report       what the chapters print: tables, timings, the author
@@ -36,7 +37,7 @@ __version__ = "0.1.0"
 LAYERS = (
     ("config",),
     ("speed", "speed.alloc", "speed.int8cpu", "speed.fused", "speed.label_only"),
-    ("sotu", "sotu.cleaning", "sotu.prompts"),
+    ("sotu", "sotu.cleaning", "sotu.prompts", "sotu.control"),
     ("data",),
     ("preprocess",),
     ("model",),
@@ -44,10 +45,11 @@ LAYERS = (
     ("metrics",),
     ("sotu.era",),
     ("generation",),
+    ("memorization",),
     ("evaluate",),
     ("plots",),
     ("report",),
     ("book", "book.loop", "book.quantization", "book.pitfalls", "book.leakage",
-     "book.assessment", "book.submission", "book.sphinx_ext"),
+     "book.assessment", "book.reading", "book.submission", "book.sphinx_ext"),
     ("cli", "__main__"),
 )

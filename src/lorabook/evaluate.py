@@ -26,7 +26,8 @@ from lorabook.speed.int8cpu import dequantized_for_inference
 from lorabook.generation import (DECODING, DECODING_ALTERNATIVES, DECODING_NAME,
                                  chat_ids, describe_decoding, few_shot,
                                  generate, instructed_prompt)
-from lorabook.sotu.era import era_judge
+from lorabook.memorization import memorization_check
+from lorabook.sotu.era import ERA_BOUNDS, era_judge, stratified_by_era
 from lorabook.sotu.prompts import NEW_PROMPTS, is_sotu, new_prompt_text
 from lorabook.speed.label_only import backbone_and_head, labelled_hidden
 
@@ -95,6 +96,9 @@ def shown_prompts(scored: list[dict], n: int) -> list[int]:
 
 def perplexity(total_nll: float, n_tokens: int) -> float:
     """exp(mean NLL), guarded: a huge mean gives inf, not an OverflowError."""
+    # Adapted from Hugging Face's run_clm.py (perplexity = exp(eval_loss),
+    # inf on OverflowError): the mean NLL is a token-weighted sum over the
+    # response tokens, not the Trainer's mean of batch means.
     if n_tokens <= 0:
         raise LorabookError("perplexity needs at least one scored token")
     mean = total_nll / n_tokens
@@ -270,23 +274,40 @@ def _instruction_comparison(model, tokenizer, cfg, prompts, bare, told,
     return dict(n=len(prompts), rows=rows)
 
 
+def scored_prompts(cfg: Config, splits: dict, full: dict | None) -> list[dict]:
+    """The test prompts the generation metrics score.
+
+    Data with years: `n_metric_prompts` drawn evenly from the eras of the
+    whole test split (`stratified_by_era`), so that each era has enough
+    prompts for the era and voice comparisons. Other data: a seeded sample
+    of `n_metric_prompts` from the test subset.
+    """
+    test = splits["test"]
+    pool = (full or splits)["test"]
+    if all(s.get("year") is not None for s in pool):
+        per_era = math.ceil(cfg.n_metric_prompts / (len(ERA_BOUNDS) + 1))
+        return stratified_by_era(pool, per_era, cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    n_metric = min(cfg.n_metric_prompts, len(test))
+    return [test[i] for i in sorted(rng.choice(len(test), n_metric, replace=False))]
+
+
 def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
                          all_samples, run_path: Path,
-                         verbose: bool = True) -> tuple[dict, dict | None]:
+                         verbose: bool = True, full: dict | None = None
+                         ) -> tuple[dict, dict | None]:
     """Generations of the three systems, their metrics and the era judge.
 
     Systems: the base model on the bare training prompt ("base"), the base
     model told the task with one worked example ("base_instructed",
     `few_shot`), and the fine-tuned model on the training prompt. All use
-    `DECODING`. The scored prompts are a seeded sample of the test split;
-    the shown ones are picked from them by `shown_prompts`, plus the new
-    prompts of `new_prompts`.
+    `DECODING`. The scored prompts are `scored_prompts`; the shown ones are
+    picked from them by `shown_prompts`, plus the new prompts of
+    `new_prompts`. `full` holds the splits before their subsets were drawn.
     """
-    rng = np.random.default_rng(cfg.seed)
-    test, train = splits["test"], splits["train"]
-    n_metric = min(cfg.n_metric_prompts, len(test))
-    scored = [test[i] for i in
-              sorted(rng.choice(len(test), n_metric, replace=False))]
+    train = splits["train"]
+    scored = scored_prompts(cfg, splits, full)
+    n_metric = len(scored)
     show_at = shown_prompts(scored, cfg.n_generation_prompts)
     new = new_prompts(splits, all_samples)
     items = scored + new              # one batch per model: all prompts
@@ -303,6 +324,9 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
         gens[name], seconds[name] = _timed(model, tokenizer, prompts, cfg,
                                            adapter, **DECODING)
         tokens[name] = sum(g["n_tokens"] for g in gens[name])
+        if verbose:
+            print(f"  {name}: {len(prompts)} generations in "
+                  f"{seconds[name]:.0f} s", flush=True)
 
     refs = [s["response"] for s in scored]
     years = [s.get("year") for s in scored]
@@ -360,7 +384,7 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
 
     style = None
     if all(s.get("year") is not None for s in train + scored):
-        style = era_judge(cfg, splits, all_samples, scored,
+        style = era_judge(cfg, full or splits, all_samples, scored,
                           {k: [g["text"] for g in gens[k][:n_metric]]
                            for k in SYSTEMS})
         for k in SYSTEMS:
@@ -370,7 +394,7 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
 
 # Bumped when what evaluate_run computes changes, so a cached eval.json of
 # an older version is recomputed.
-EVAL_VERSION = 4
+EVAL_VERSION = 5
 
 
 def evaluate_run(cfg: Config, run: T.Run | None = None, *,
@@ -404,10 +428,17 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
                                        collator, cfg)
 
     all_samples = P.config_samples(cfg, min_samples=1)
+    full = P.full_splits(cfg)
     result["generation"], style = evaluate_generations(
-        model, tokenizer, cfg, splits, all_samples, run.path, verbose)
+        model, tokenizer, cfg, splits, all_samples, run.path, verbose,
+        full=full)
     if style is not None:
         result["style"] = style
+    if verbose:
+        print("Contamination check (greedy continuations of plain openings) ...",
+              flush=True)
+    scored = scored_prompts(cfg, splits, full)
+    result["memorization"] = memorization_check(model, tokenizer, scored)
     result["eval_runtime_s"] = time.time() - t_start
 
     # Flat keys in the run's metrics.json, as the CLI and book quote them.
@@ -433,6 +464,12 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
         flat["style_accuracy"] = result["style"]["finetuned"]["balanced"]
         flat["base_style_accuracy"] = result["style"]["base_instructed"]["balanced"]
         flat["style_ceiling"] = result["style"]["real"]["balanced"]
+        paired = result["style"].get("paired")
+        if paired:
+            flat["era_gain_vs_instructed"] = paired["era"]["difference"]
+            flat["era_gain_ci"] = [paired["era"]["ci_low"], paired["era"]["ci_high"]]
+            flat["we_gap_vs_instructed"] = paired["we"]["gap"]
+            flat["we_gap_ci"] = [paired["we"]["ci_low"], paired["we"]["ci_high"]]
     result["summary"] = flat
     metrics = dict(run.metrics, **flat)
     T.write_json(run.path / "metrics.json", metrics)

@@ -24,7 +24,7 @@ __all__ = [
     "mean_length_words",
     "Overlap", "OverlapIndex", "build_overlap_index",
     "longest_overlap", "flag_copies", "echo_length",
-    "ANACHRONISMS", "anachronisms", "first_person_plural_rate", "loop_rate", "META_PHRASES", "meta_rate",
+    "ANACHRONISMS", "anachronisms", "says_we", "first_person_plural_rate", "loop_rate", "META_PHRASES", "meta_rate",
     "summarize_generations",
 ]
 
@@ -114,6 +114,9 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     N-grams never span two texts. Returns 0.0 if the texts hold no n-gram
     at all (e.g. every generation is empty).
     """
+    # Adapted from the definition of distinct-n (Li et al., 2016: distinct
+    # n-grams / all n-grams): pooled over the texts at word level, n-grams
+    # never spanning two texts, 0.0 when there is none.
     _check_texts(texts)
     _check_n(n)
     seen: set[tuple[str, ...]] = set()
@@ -304,10 +307,15 @@ def flag_copies(generations: Sequence[str], index: OverlapIndex,
 _WE = {"we", "our", "us", "ours", "ourselves"}
 
 
+def says_we(text: str) -> bool:
+    """Does the text speak as "we" ("we", "our", "us", "ours", "ourselves")?"""
+    return bool(_WE & set(words(text)))
+
+
 def first_person_plural_rate(texts: Sequence[str]) -> float:
     """Share of texts that use "we", "our", "us", "ours" or "ourselves"."""
     _check_texts(texts)
-    return float(np.mean([bool(_WE & set(words(t))) for t in texts]))
+    return float(np.mean([says_we(t) for t in texts]))
 
 
 # Phrases of an assistant talking about the task instead of doing it ("The

@@ -317,14 +317,26 @@ def own_memory(model) -> None:
     gc.collect()
 
 
+def lora_targets(cfg: Config, model):
+    """`target_modules` for LoraConfig: "all-linear" as PEFT reads it
+    (every linear layer of the blocks, the LM head excluded), the config's
+    names, or the attention's query and value maps of the family."""
+    t = cfg.target_modules
+    if isinstance(t, str):
+        return t
+    return list(t or default_target_modules(model))
+
+
 def lora_config(cfg: Config, model):
-    """The adapters: rank-8 updates of the attention's query and value maps."""
+    """The adapters: rank-8 updates of the chosen weight matrices."""
+    # Adapted from the PEFT quicktour's LoraConfig (r, lora_alpha,
+    # lora_dropout, task_type): the targets come from the config.
     from peft import LoraConfig
     return LoraConfig(
         r=cfg.lora_r,                   # rank of each update B @ A
         lora_alpha=cfg.lora_alpha,      # the update is scaled by alpha / r
         lora_dropout=cfg.lora_dropout,  # dropout on the adapter's input
-        target_modules=list(cfg.target_modules or default_target_modules(model)),
+        target_modules=lora_targets(cfg, model),
         bias="none",                    # biases stay frozen
         task_type="CAUSAL_LM")
 
@@ -369,6 +381,9 @@ def load_model(cfg: Config, *, quantize: bool | None = None):
 def load_trained_model(cfg: Config, adapter_dir: str | os.PathLike,
                        *, quantize: bool | None = None):
     """A fresh base with a saved adapter loaded onto it, for inference."""
+    # Adapted from the PEFT docs on loading a saved adapter
+    # (PeftModel.from_pretrained(base, adapter_dir)): the base loaded as in
+    # training (8-bit or not), the speed layer's functions applied again.
     from peft import PeftModel
     base = load_base_model(cfg, quantize=quantize)
     model = PeftModel.from_pretrained(base, str(adapter_dir))

@@ -145,6 +145,10 @@ def collator(tokenizer, padding: str = "longest", max_length: int | None = None,
     rounded up to a multiple of `multiple_of`; `"max_length"` pads every
     batch to `max_length`, as the assignment's recipe does.
     """
+    # Adapted from the transformers docs on DataCollatorForSeq2Seq (used as
+    # a library; labels padded with label_pad_token_id=-100): padding per
+    # batch to a multiple of `multiple_of`, or to max_length as the
+    # assignment's recipe does.
     from transformers import DataCollatorForSeq2Seq
     _check_padding(padding, max_length, multiple_of)
     return DataCollatorForSeq2Seq(
@@ -194,6 +198,15 @@ def config_samples(cfg: Config, min_samples: int | None = None) -> list[dict]:
         prompt_column=cfg.prompt_column, response_column=cfg.response_column,
         group_column=cfg.group_column,
         min_samples=cfg.min_samples if min_samples is None else min_samples)
+
+
+def full_splits(cfg: Config) -> dict:
+    """The cleaned train/validation/test splits of a config before the
+    seeded subsets (`n_train`, `n_val`, `n_test`) are drawn from them."""
+    samples, _ = D.clean_samples(config_samples(cfg))
+    return D.split_samples(samples, seed=cfg.seed,
+                           val_fraction=cfg.val_fraction,
+                           test_fraction=cfg.test_fraction)
 
 
 def prepare_data(cfg: Config, tokenizer):

@@ -41,8 +41,18 @@ def setup() -> Config:
     return load_config()
 
 
-def table(rows, floatfmt: str = ".3f", index: bool = False):
-    """A list of dicts or a DataFrame as a Markdown table (HTML and PDF)."""
+def table(rows, floatfmt: str = ".3f", index: bool = False,
+          caption: str | None = None, name: str | None = None):
+    """A list of dicts or a DataFrame as a Markdown table (HTML and PDF).
+
+    `caption` (MyST inline markup; whitespace is collapsed to one line)
+    makes it a numbered table with its caption above it, "Table 2.1:
+    <caption>" in the PDF (the HTML numbers the tables through the whole
+    book): the pipe table is wrapped in a MyST `{table}` directive, which
+    myst-nb parses in the cell's Markdown output
+    (`nb_render_markdown_format: myst`). `name` labels it for
+    `` {numref}`name` `` and needs a caption.
+    """
     import pandas as pd
     from IPython.display import Markdown
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
@@ -62,8 +72,18 @@ def table(rows, floatfmt: str = ".3f", index: bool = False):
         align.insert(0, "left")
     # Cells are formatted here: tabulate must not re-parse strings such as
     # "107.3" or "3.6093" as numbers and re-format them with floatfmt.
-    return Markdown(df.to_markdown(index=index, disable_numparse=True,
-                                   colalign=align))
+    text = df.to_markdown(index=index, disable_numparse=True, colalign=align)
+    if caption is None:
+        if name is not None:
+            raise ValueError("report.table: a name needs a caption")
+        return Markdown(text)
+    caption = " ".join(caption.split())
+    if not caption:
+        raise ValueError("report.table: the caption is empty")
+    # A colon fence: a notebook viewer that knows no MyST still shows the
+    # table (with the directive's lines as text around it).
+    head = f":::{{table}} {caption}\n" + (f":name: {name}\n" if name else "")
+    return Markdown(f"{head}\n{text}\n:::")
 
 
 def _escape(text: str) -> str:

@@ -125,7 +125,14 @@ def log_line(state, logs: dict, t0: float) -> str | None:
             parts.append(f"{key} {logs[key]:#.4g}")
     if "learning_rate" in logs:
         parts.append(f"lr {logs['learning_rate']:.2e}")
-    parts.append(f"{time.time() - t0:5.0f} s")
+    elapsed = time.time() - t0
+    parts.append(f"{elapsed:5.0f} s")
+    step, total = state.global_step, state.max_steps
+    if total and 0 < step < total:
+        # Time left at the run's average pace so far (evaluations included).
+        left = elapsed / step * (total - step)
+        parts.append(f"~{left / 60:.0f} min left" if left >= 60 else
+                     "<1 min left")
     return "  ".join(parts)
 
 
@@ -199,9 +206,14 @@ def optimizer_steps(cfg: Config, n_train: int) -> int:
 
 
 def eval_every(cfg: Config, n_train: int) -> int:
-    """Steps between validation evaluations: `n_evals` over the run (the
-    Trainer also evaluates the last step when it is not a multiple)."""
-    return max(1, math.ceil(optimizer_steps(cfg, n_train) / cfg.n_evals))
+    """Steps between validation evaluations: about `n_evals` over the run,
+    always landing on every epoch's end (the interval divides an epoch's
+    steps)."""
+    per_epoch = math.ceil(n_train / cfg.batch_size)
+    wanted = max(1, cfg.n_evals // cfg.epochs)
+    evals = max(j for j in range(1, min(wanted, per_epoch) + 1)
+                if per_epoch % j == 0)
+    return per_epoch // evals
 
 
 def n_evaluations(cfg: Config, n_train: int) -> int:

@@ -55,11 +55,28 @@ def _config_inited(app, config) -> None:
         slog.getLogger(__name__).info(red(app.lorabook_warning))
 
 
+def reading_warning(root: Path) -> str:
+    """The stale-reading warning of the book's run (`book.reading`), or ""
+    when every shown generation has its reading or there is no run yet."""
+    import json
+    from lorabook import train as T
+    from lorabook.book import reading as R
+    from lorabook.config import load_config
+    path = T.run_dir(load_config()) / "generations.jsonl"
+    if not path.is_file():
+        return ""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return R.stale_warning(records, R.load_readings(root / R.READINGS_FILE))
+
+
 def _build_finished(app, exc) -> None:
     from sphinx.util import logging as slog
     from sphinx.util.console import red
     if getattr(app, "lorabook_warning", ""):
         slog.getLogger(__name__).info(red(app.lorabook_warning))
+    stale = reading_warning(Path(app.confdir).resolve().parent)
+    if stale:
+        slog.getLogger(__name__).info(red(stale))
 
 
 def setup(app):

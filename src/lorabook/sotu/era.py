@@ -149,11 +149,15 @@ def era_judge(cfg: Config, splits: dict, all_samples, scored: list[dict],
     """Fit the era classifier and score real and generated continuations.
 
     It learns from every passage of the addresses outside the validation
-    and test splits (not only the training subset), so it has never seen
-    an evaluated address. Eras: `ERA_BOUNDS`.
+    and test splits (`judge_pool`; `splits` should be the whole splits,
+    not their subsets), so it has never seen an evaluated address. Eras:
+    `ERA_BOUNDS`. With "finetuned" and "base_instructed" among `texts`,
+    the two comparisons that decide whether fine-tuning taught the era
+    and the voice, with paired bootstrap intervals: balanced accuracy,
+    and closeness of the "we/our/us" share to the real text's.
     """
     held_out = {s["group"] for k in ("validation", "test") for s in splits[k]}
-    pool = [s for s in all_samples if s["group"] not in held_out]
+    pool = judge_pool(all_samples, held_out)
     clf = train_era_classifier([s["response"] for s in pool],
                                  [s["year"] for s in pool], seed=cfg.seed)
     years = [s["year"] for s in scored]
@@ -173,7 +177,112 @@ def era_judge(cfg: Config, splits: dict, all_samples, scored: list[dict],
         balanced=era_balanced_accuracy(q, refs, years),
         majority=majority_accuracy([period_of(y) for y in years]),
         chance=1 / len({period_of(y) for y in years}))
+    preds = {}
     for name, t in dict(real=refs, **texts).items():
-        out[name] = dict(accuracy=era_accuracy(clf, t, years),
-                         balanced=era_balanced_accuracy(clf, t, years))
+        preds[name] = era_predict(clf, t)
+        out[name] = dict(accuracy=float(np.mean([p == e for p, e in
+                                                 zip(preds[name], truth)])),
+                         balanced=balanced_accuracy(truth, preds[name]),
+                         recall={e: float(np.mean([p == e for p, t_ in
+                                                   zip(preds[name], truth)
+                                                   if t_ == e]))
+                                 for e in counts})
+    if "finetuned" in texts and "base_instructed" in texts:
+        out["paired"] = dict(
+            era=paired_era_difference(truth, preds["finetuned"],
+                                      preds["base_instructed"],
+                                      cfg.bootstrap_samples, cfg.seed),
+            we=paired_share_gap([X.says_we(t) for t in refs],
+                                [X.says_we(t) for t in texts["finetuned"]],
+                                [X.says_we(t) for t in texts["base_instructed"]],
+                                truth, cfg.bootstrap_samples, cfg.seed))
     return out
+
+
+# --- comparisons that can tell a difference --------------------------------
+
+def stratified_by_era(samples: Sequence[dict], per_era: int, seed: int,
+                      bounds: Sequence[int] = ERA_BOUNDS) -> list[dict]:
+    """A seeded draw of `per_era` samples from each era (all of an era that
+    has fewer), returned in corpus order.
+
+    Drawing evenly from each era gives every era enough prompts for its
+    recall to mean something, where a plain draw from a split mostly of
+    twentieth-century addresses leaves the earliest era a handful.
+    """
+    import random
+    if per_era < 1:
+        raise LorabookError(f"per_era must be >= 1, got {per_era}")
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(era_of(s["year"], bounds), []).append(i)
+    rng = random.Random(f"{seed}-era-draw")
+    picked = []
+    for era in sorted(groups):
+        idx = groups[era]
+        picked += idx if len(idx) <= per_era else rng.sample(idx, per_era)
+    return [samples[i] for i in sorted(picked)]
+
+
+def judge_pool(all_samples: Sequence[dict], held_out_groups) -> list[dict]:
+    """The era judge's training passages: every passage of an address
+    outside the held-out ones (validation and test)."""
+    held = set(held_out_groups)
+    return [s for s in all_samples if s["group"] not in held]
+
+
+def _stratified_index(truth: Sequence[str], n_boot: int, seed: int):
+    """Bootstrap resamples of prompt indices, drawn within each era so that
+    every resample keeps the design's prompts per era."""
+    rng = np.random.default_rng(seed)
+    strata = [np.flatnonzero(np.asarray(truth) == e) for e in sorted(set(truth))]
+    return np.concatenate([s[rng.integers(0, len(s), size=(n_boot, len(s)))]
+                           for s in strata], axis=1)
+
+
+def paired_era_difference(truth: Sequence[str], pred_a: Sequence[str],
+                          pred_b: Sequence[str], n_boot: int = 1000,
+                          seed: int = 0, level: float = 0.95) -> dict:
+    """Balanced accuracy of system a minus system b on the same prompts,
+    with a paired bootstrap interval (prompts resampled within each era).
+    """
+    X._check_pair(list(pred_a), list(truth))
+    X._check_pair(list(pred_b), list(truth))
+    truth = np.asarray(truth)
+    hit_a = np.asarray(pred_a) == truth
+    hit_b = np.asarray(pred_b) == truth
+    eras = sorted(set(truth.tolist()))
+
+    def bal(hit, idx):
+        t = truth[idx]
+        return np.mean([hit[idx][t == e].mean() for e in eras])
+
+    idx = _stratified_index(truth, n_boot, seed)
+    diffs = np.array([bal(hit_a, r) - bal(hit_b, r) for r in idx])
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    everything = np.arange(len(truth))
+    return dict(a=float(bal(hit_a, everything)), b=float(bal(hit_b, everything)),
+                difference=float(bal(hit_a, everything) - bal(hit_b, everything)),
+                ci_low=float(lo), ci_high=float(hi))
+
+
+def paired_share_gap(real: Sequence[bool], a: Sequence[bool], b: Sequence[bool],
+                     truth: Sequence[str], n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """How much closer system a's share of flagged texts (say, texts that
+    say "we") is to the real continuations' share than system b's:
+    |share_b - share_real| - |share_a - share_real|, positive when a is
+    closer, with a paired bootstrap interval (the same resampled prompts
+    for the real text and both systems, within each era).
+    """
+    real, a, b = (np.asarray(x, dtype=float) for x in (real, a, b))
+    if not (len(real) == len(a) == len(b) == len(truth)):
+        raise LorabookError("paired_share_gap needs one flag per prompt for "
+                            "the real text and both systems")
+    idx = _stratified_index(truth, n_boot, seed)
+    r, sa, sb = real[idx].mean(1), a[idx].mean(1), b[idx].mean(1)
+    gaps = np.abs(sb - r) - np.abs(sa - r)
+    lo, hi = np.quantile(gaps, [(1 - level) / 2, (1 + level) / 2])
+    return dict(real=float(real.mean()), a=float(a.mean()), b=float(b.mean()),
+                gap=float(abs(b.mean() - real.mean()) - abs(a.mean() - real.mean())),
+                ci_low=float(lo), ci_high=float(hi))

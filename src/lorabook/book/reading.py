@@ -1,0 +1,165 @@
+"""The human reading of chapter 5's shown generations, pinned to the text.
+
+I read every shown generation of the fine-tuned and the instructed base
+model and wrote down, on fixed criteria, what I found (`CRITERIA`), in
+`book/readings.yaml`. Generations change with the CPU, the recipe and the
+library versions, and a reading of another text would be false. So each
+reading carries the SHA-256 of the exact text it judges (`text_hash`);
+`reading_for` returns it only while the generation is that text. A
+generation without a current reading gets the computed checks
+(`computed_checks`) and a notice instead, and the build warns
+(`stale_warning`) that the reading must be redone.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from lorabook import metrics as X
+
+# What a reader of a continuation looks for. Each reading answers every one.
+CRITERIA = {
+    "coherent": "Does it make sense, sentence by sentence and as a whole?",
+    "on_topic": "Does it continue the prompt's subject?",
+    "own_voice": "Does it speak as the president to Congress (I, we, our), "
+                 "not about him or about the task?",
+    "of_its_era": "Do its words and concerns belong to the prompt's year?",
+    "anachronisms": "Anything that could not have been said in that year?",
+    "invented_facts": "Names, numbers or events that are wrong or made up?",
+    "repetition": "Does it repeat itself or loop?",
+}
+SYSTEMS = ("finetuned", "base_instructed")
+READINGS_FILE = "book/readings.yaml"
+
+# How each computed check is made (printed beside the checks).
+CHECK_RULES = {
+    "repeats": "share of its word 3-grams that repeat an earlier one "
+               "(a loop above 20%)",
+    "voice": "\u201cwe\u201d if it uses we/our/us; \u201cthird person\u201d "
+             "if it names the president or speaks of him as \u201che\u201d; "
+             "\u201cmeta\u201d if it talks about the speech or the task",
+    "before its time": "terms of metrics.ANACHRONISMS used before the "
+                       "year they entered use",
+    "prompt words": "content words (4+ letters) it shares with the opening",
+}
+
+_THIRD = ("the president", "president", "he", "his", "him")
+
+
+def text_hash(text: str) -> str:
+    """The SHA-256 of a generation's text (hex), what a reading is pinned to."""
+    return hashlib.sha256((text or "").encode("utf-8")).hexdigest()
+
+
+def computed_checks(text: str, prompt: str, year: int | None) -> dict:
+    """Checks a program can make of one generation (see `CHECK_RULES`)."""
+    ws = X.words(text)
+    opening = (prompt or "").split("\n", 1)[-1]
+    if X.meta_rate([text]) > 0:
+        voice = "meta"
+    elif X.says_we(text):
+        voice = "we"
+    elif any(f" {t} " in f" {' '.join(ws)} " for t in _THIRD):
+        voice = "third person"
+    else:
+        voice = "neither"
+    shared = sorted({w for w in X.words(opening) if len(w) >= 4} & set(ws))
+    return {"repeats": X.repeated_ngram_rate(text, 3),
+            "voice": voice,
+            "before its time": X.anachronisms(text, year),
+            "prompt words": shared}
+
+
+def load_readings(path: str | Path) -> list[dict]:
+    """The readings file: a list of entries with id, system, sha256, one
+    answer per criterion and a `reading` (the written judgement)."""
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        return []
+    entries = yaml.safe_load(path.read_text()) or []
+    for e in entries:
+        need = (("id", "sha256", "reading") if e.get("id") == SUMMARY_ID
+                else ("id", "system", "sha256", "reading", *CRITERIA))
+        missing = [k for k in need if k not in e]
+        if missing:
+            from lorabook.config import LorabookError
+            raise LorabookError(f"{path}: the reading of {e.get('id')} "
+                                f"({e.get('system')}) lacks {missing}")
+    return entries
+
+
+def reading_for(record: dict, system: str, readings: list[dict]) -> dict | None:
+    """The reading of `record`'s `system` generation, if it judges exactly
+    this text; None when there is none or it was written for another."""
+    h = text_hash(record[system])
+    for e in readings:
+        if e["id"] == record["id"] and e["system"] == system:
+            return e if e["sha256"] == h else None
+    return None
+
+
+SUMMARY_ID = "_summary"
+
+
+def summary_hash(records: list[dict]) -> str:
+    """The hash of every shown generation of both systems, in order: what
+    the overall reading (id `SUMMARY_ID`) is pinned to."""
+    return text_hash("\n\u241e\n".join(r[s] for r in records for s in SYSTEMS))
+
+
+def summary_for(records: list[dict], readings: list[dict]) -> str | None:
+    """The overall reading of the shown generations, while they are the
+    texts it was written about; else None."""
+    h = summary_hash(records)
+    for e in readings:
+        if e.get("id") == SUMMARY_ID:
+            return e["reading"] if e.get("sha256") == h else None
+    return None
+
+
+def unread(records: list[dict], readings: list[dict]) -> list[tuple]:
+    """(id, system) of every shown generation without a current reading."""
+    return [(r["id"], s) for r in records for s in SYSTEMS
+            if reading_for(r, s, readings) is None]
+
+
+def stale_warning(records: list[dict], readings: list[dict]) -> str:
+    """The build's warning while any shown generation is unread, else ""."""
+    missing = unread(records, readings)
+    if not missing and summary_for(records, readings) is not None:
+        return ""
+    if not missing:
+        return ("WARNING (lorabook): the overall reading of the shown "
+                f"generations in {READINGS_FILE} was written for other texts; "
+                "chapter 5 does not print it. Read them and update it.")
+    return (f"WARNING (lorabook): {len(missing)} of the "
+            f"{len(records) * len(SYSTEMS)} shown generations have no "
+            f"reading written for their exact text (the generations changed); "
+            f"chapter 5 prints computed checks for them. Read them and update "
+            f"{READINGS_FILE} (`python -m lorabook.book.reading` lists them "
+            f"with their hashes).")
+
+
+def _main() -> int:
+    """List the shown generations of the book's run with their hashes and
+    whether their reading is current (a starting point for the file)."""
+    import json
+    from lorabook import train as T
+    from lorabook.config import REPO_ROOT, load_config
+    cfg = load_config()
+    path = T.run_dir(cfg) / "generations.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    readings = load_readings(REPO_ROOT / READINGS_FILE)
+    for r in records:
+        for s in SYSTEMS:
+            state = "current" if reading_for(r, s, readings) else "TO READ"
+            print(f"- id: {r['id']}\n  system: {s}\n  sha256: "
+                  f"{text_hash(r[s])}\n  # {state}: {r[s]!r}")
+    state = "current" if summary_for(records, readings) else "TO READ"
+    print(f"- id: {SUMMARY_ID}\n  sha256: {summary_hash(records)}\n  # {state}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -1,0 +1,26 @@
+"""report.table: a Markdown table, with a numbered caption when asked."""
+import pytest
+
+from lorabook import report
+
+
+def test_table_without_caption_is_a_plain_pipe_table():
+    text = report.table([dict(split="train", samples=10)]).data
+    assert text.splitlines()[0].startswith("| split")
+    assert ":::" not in text
+
+
+def test_caption_and_name_make_a_myst_table_directive():
+    text = report.table([dict(split="train", samples=10)],
+                        caption="Sizes of  the\nsplits.", name="tab-splits").data
+    lines = text.splitlines()
+    assert lines[:3] == [":::{table} Sizes of the splits.", ":name: tab-splits", ""]
+    assert lines[3].startswith("| split") and lines[-1] == ":::"
+    assert report.table([dict(a=1)], caption="A.").data.splitlines()[1] == ""
+
+
+def test_a_name_needs_a_caption():
+    with pytest.raises(ValueError):
+        report.table([dict(a=1)], name="tab-a")
+    with pytest.raises(ValueError):
+        report.table([dict(a=1)], caption="  ")
