@@ -145,6 +145,7 @@ def main():
         model = M.load_trained_model(cfg, run.adapter_dir)
         old = results.get(name, {}).get("decodings", {})
         row = dict(fields=RECIPES[name], val_loss_by_epoch=evals,
+                   n_train=run.metrics["n_train"],
                    best_val_loss=run.metrics["best_val_loss"],
                    base_val_loss=run.metrics["base_val_loss"],
                    tokens_per_s=run.metrics["train_tokens_per_s"],

@@ -196,3 +196,53 @@ def test_first_person_plural_verdict_flips(facts):
     f["systems"]["finetuned"]["we_rate"] = 0.31
     t = text(f)
     assert "away from" not in t and "voice is closer" not in t
+
+
+def _res(era_ci, we_ci, words=40.0):
+    test = dict(base=dict(perplexity=40.0, ci_low=38.0, ci_high=42.0),
+                finetuned=dict(perplexity=30.0, ci_low=28.0, ci_high=32.0))
+    gen = dict(finetuned=dict(mean_words=words, stop_rate=0.9, loop_rate=0.0,
+                              anachronism_rate=0.0),
+               reference=dict(mean_words=44.0))
+    style = dict(real=dict(balanced=0.8), paired=dict(
+        era=dict(a=0.7, b=0.6, difference=0.1, ci_low=era_ci[0], ci_high=era_ci[1]),
+        we=dict(a=0.4, b=0.2, real=0.45, gap=0.15, ci_low=we_ci[0],
+                ci_high=we_ci[1])))
+    mem = dict(k=5, base=dict(real=dict(share_prefix_k=0.3),
+                              control=dict(share_prefix_k=0.0)))
+    return dict(test=test, generation=gen, style=style, memorization=mem)
+
+
+def test_conclusion_verdicts_follow_the_intervals():
+    m = dict(n_train=1023, epochs=3)
+    text = A.conclusion(_res((0.02, 0.2), (0.05, 0.3)), m, None, None)
+    assert "**Voice: reached.**" in text and "**Era: reached.**" in text
+    assert "**Length: reached.**" in text and "**Prediction: reached.**" in text
+    assert "part of both perplexities is recall" in text
+    text = A.conclusion(_res((-0.1, 0.2), (-0.3, -0.05), words=20.0), m, None, None)
+    assert "**Voice: not reached.**" in text and "**Era: not reached.**" in text
+    assert "**Length: not reached.**" in text
+
+
+def test_recipe_verdict_names_the_build_recipe_and_flips():
+    from lorabook.config import load_config
+    cfg = load_config("default")
+    dec = dict(era_balanced=0.7, base_era_balanced=0.6, era_diff=0.1,
+               era_ci=[0.02, 0.2], we_share=0.4, base_we_share=0.2,
+               real_we_share=0.45, we_gap=0.2, we_ci=[0.05, 0.3],
+               mean_words=40.0, real_mean_words=44.0)
+    rs = dict(recipes={
+        "mine": dict(fields=dict(target_modules=cfg.target_modules,
+                                 learning_rate=cfg.learning_rate),
+                     best_val_loss=3.2, decodings={"d": dec}),
+        "other": dict(fields=dict(target_modules=["q_proj"],
+                                  learning_rate=cfg.learning_rate),
+                      best_val_loss=3.1, decodings={})})
+    text = A.recipe_verdict(rs, cfg, decoding="d")
+    assert "\u201cmine\u201d" in text and "above the lowest (\u201cother\u201d)" in text
+    assert "beats the instructed base model" in text and "is closer" in text
+    worse = dict(dec, era_ci=[-0.2, -0.01], we_ci=[-0.1, 0.1])
+    rs["recipes"]["mine"]["decodings"]["d"] = worse
+    text = A.recipe_verdict(rs, cfg, decoding="d")
+    assert "does worse than the instructed base" in text
+    assert "not reliably closer" in text

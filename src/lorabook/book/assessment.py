@@ -230,11 +230,13 @@ def write(f: dict) -> list[str]:
     if all(rate == 0 for _, rate in loops):
         out.append(
             f"**Repetition.** No generation of any model loops (more than "
-            f"{pct(LOOP_THRESHOLD)} of its 3-grams repeated). The decoding "
-            f"sees to most of that: it never repeats a 3-gram of tokens "
-            f"(3-grams of words can still recur, as the table shows), so a "
-            f"model that would loop is pushed to new words instead, which "
-            f"can read as drift rather than repetition.")
+            f"{pct(LOOP_THRESHOLD)} of its 3-grams repeated)."
+            + (" The decoding sees to most of that: it never repeats a "
+               "3-gram of tokens (3-grams of words can still recur, as the "
+               "table shows), so a model that would loop is pushed to new "
+               "words instead, which can read as drift rather than "
+               "repetition." if "no_repeat_ngram_size" in f["decoding"] else
+               ""))
     else:
         sent = (f"**Repetition.** Loops remain: "
                 + ", ".join(f"{pct(rate)} of the generations of "
@@ -555,8 +557,8 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
     lines.append(
         "**What would improve it.** "
         + ("Measured here: " + "; ".join(helps) + ". " if helps else "")
-        + f"This CPU build trains on {metrics['n_train']:,} of the training "
-        "split's passages for three epochs; the `full` preset trains on all "
+        + f"This build trains on {metrics['n_train']:,} of the training "
+        f"split's passages for {metrics['epochs']} epochs; the `full` preset trains on all "
         "of them and scores every validation and test passage, which a GPU "
         "does in minutes (README, \u201cOn Colab / on a GPU\u201d). A "
         "larger model and a prompt that names the occasion (an annual "
