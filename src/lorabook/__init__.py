@@ -50,6 +50,6 @@ LAYERS = (
     ("plots",),
     ("report",),
     ("book", "book.loop", "book.quantization", "book.pitfalls", "book.leakage",
-     "book.assessment", "book.reading", "book.submission", "book.sphinx_ext"),
+     "book.assessment", "book.verdicts", "book.reading", "book.submission", "book.sphinx_ext"),
     ("cli", "__main__"),
 )

@@ -1,0 +1,218 @@
+"""Sentences that follow the numbers: the recipe sweep's verdict (chapter 3)
+and the conclusion (chapter 5)."""
+from __future__ import annotations
+
+from lorabook.book.assessment import fmt, pct
+
+
+# --- chapter 3: the recipe sweep -------------------------------------------
+
+def paired_verdict(diff: float, ci: list, better: str, worse: str,
+                   unclear: str) -> str:
+    """`better` when a paired interval lies above zero, `worse` when below,
+    `unclear` when it holds zero."""
+    if ci[0] > 0:
+        return better
+    if ci[1] < 0:
+        return worse
+    return unclear
+
+
+def _recipe_matches(fields: dict, cfg) -> bool:
+    for k, v in fields.items():
+        mine = getattr(cfg, k)
+        if isinstance(v, list):
+            v = tuple(v)
+        if mine != v:
+            return False
+    return True
+
+
+def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
+    """What the recipe sweep (benchmarks/recipe_sweep.json) says of the
+    build's recipe and decoding, in sentences that follow the numbers."""
+    from lorabook.generation import DECODING_NAME
+    decoding = decoding or DECODING_NAME
+    recipes = rs["recipes"]
+    chosen = next((n for n, r in recipes.items()
+                   if _recipe_matches(r["fields"], cfg)), None)
+    if chosen is None:
+        return ("The recipe of this build is not among those of the sweep, "
+                "so the table does not describe it.")
+    r = recipes[chosen]
+    lowest = min(recipes, key=lambda n: recipes[n]["best_val_loss"])
+    out = [f"I train with the recipe \u201c{chosen}\u201d and decode with "
+           f"{decoding}."]
+    if lowest == chosen:
+        out.append(f"Its validation loss, {fmt(r['best_val_loss'], 4)}, is "
+                   "the lowest of the recipes tried.")
+    else:
+        out.append(f"Its validation loss, {fmt(r['best_val_loss'], 4)}, is "
+                   f"{fmt(r['best_val_loss'] - recipes[lowest]['best_val_loss'], 2)}"
+                   f" above the lowest (\u201c{lowest}\u201d).")
+    d = r["decodings"].get(decoding)
+    if d is None:
+        return " ".join(out)
+    out.append(paired_verdict(
+        d["era_diff"], d["era_ci"],
+        f"On the era judge it beats the instructed base model "
+        f"({pct(d['era_balanced'])} against {pct(d['base_era_balanced'])} "
+        f"balanced accuracy; the interval of the gain, "
+        f"{100 * d['era_ci'][0]:+.0f} to {100 * d['era_ci'][1]:+.0f} points, "
+        "lies above zero),",
+        f"On the era judge it does worse than the instructed base model "
+        f"({pct(d['era_balanced'])} against {pct(d['base_era_balanced'])}; "
+        "the interval lies below zero),",
+        f"On the era judge it cannot be told from the instructed base model "
+        f"({pct(d['era_balanced'])} against {pct(d['base_era_balanced'])}; "
+        f"the interval, {100 * d['era_ci'][0]:+.0f} to "
+        f"{100 * d['era_ci'][1]:+.0f} points, holds zero),"))
+    out.append(paired_verdict(
+        d["we_gap"], d["we_ci"],
+        f"and its share of texts in the first person plural, "
+        f"{pct(d['we_share'])}, is closer to the real "
+        f"{pct(d['real_we_share'])} than the base model's "
+        f"{pct(d['base_we_share'])} (interval above zero).",
+        f"and its share of texts in the first person plural, "
+        f"{pct(d['we_share'])}, is further from the real "
+        f"{pct(d['real_we_share'])} than the base model's "
+        f"{pct(d['base_we_share'])} (interval below zero).",
+        f"but its share of texts in the first person plural, "
+        f"{pct(d['we_share'])}, is not reliably closer to the real "
+        f"{pct(d['real_we_share'])} than the base model's "
+        f"{pct(d['base_we_share'])} (the interval holds zero)."))
+    others = {k: v for k, v in r["decodings"].items() if k != decoding}
+    for name, o in others.items():
+        better = [what for what, yes in (
+            ("era", o["era_balanced"] > d["era_balanced"]),
+            ("voice", abs(o["we_share"] - o["real_we_share"])
+             < abs(d["we_share"] - d["real_we_share"])),
+            ("length", abs(o["mean_words"] - o["real_mean_words"])
+             < abs(d["mean_words"] - d["real_mean_words"]))) if yes]
+        out.append(
+            f"With {name} the same adapter scores {pct(o['era_balanced'])} "
+            f"on the era and {pct(o['we_share'])} in the first person, "
+            f"{fmt(o['mean_words'])} words against {fmt(d['mean_words'])} "
+            + (f"(nearer the real text on {', '.join(better)})." if better
+               else "(nowhere nearer the real text)."))
+    return " ".join(out)
+
+
+# --- chapter 5: the conclusion ---------------------------------------------
+
+def _goal(title: str, reached: bool | None, text: str) -> str:
+    mark = {True: "reached", False: "not reached", None: "not judged"}[reached]
+    return f"- **{title}: {mark}.** {text}"
+
+
+def conclusion(res: dict, metrics: dict, rs: dict | None,
+               small: dict | None) -> str:
+    """Chapter 1's goals answered with this build's numbers, what went
+    wrong and what would help, as Markdown. Every verdict is computed."""
+    t, G, st = res["test"], res["generation"], res.get("style")
+    F, R = G["finetuned"], G["reference"]
+    lines = ["Chapter 1 set three goals for the fine-tuned model: to "
+             "predict real, held-out addresses better than the base model; "
+             "to continue a passage in the voice of the address, a "
+             "president speaking to Congress; and to write in the language "
+             "of the year it is given. Each, answered with this build's "
+             "numbers:", ""]
+    b, f = t["base"], t["finetuned"]
+    apart = f["ci_high"] < b["ci_low"]
+    mem = res.get("memorization")
+    recall = ""
+    if mem:
+        br, bc = mem["base"]["real"], mem["base"]["control"]
+        recall = (f" The base model gives back {pct(br['share_prefix_k'])} of "
+                  f"real openings' next {mem['k']} words and "
+                  f"{pct(bc['share_prefix_k'])} of the control's, "
+                  + ("so part of both perplexities is recall of text it has "
+                     "seen." if br["share_prefix_k"] > bc["share_prefix_k"] + 0.05
+                     else "so the gain is prediction, not recall."))
+    lines.append(_goal(
+        "Prediction", apart,
+        f"Test perplexity fell from {fmt(b['perplexity'], 4)} to "
+        f"{fmt(f['perplexity'], 4)}; the 95% intervals "
+        + ("do not overlap." if apart else "overlap.") + recall))
+    if st and "paired" in st:
+        pw, pe = st["paired"]["we"], st["paired"]["era"]
+        lines.append(_goal(
+            "Voice", pw["ci_low"] > 0,
+            f"{pct(pw['a'])} of the fine-tuned continuations speak as "
+            f"\u201cwe\u201d or \u201cour\u201d, against {pct(pw['real'])} of "
+            f"the real ones and {pct(pw['b'])} of the instructed base "
+            f"model's; the fine-tuned share is {100 * pw['gap']:+.0f} points "
+            f"closer to the real one (paired 95% interval "
+            f"{100 * pw['ci_low']:+.0f} to {100 * pw['ci_high']:+.0f})."))
+        lines.append(_goal(
+            "Era", pe["ci_low"] > 0,
+            f"The era judge places {pct(pe['a'])} of the fine-tuned "
+            f"continuations in their era (balanced accuracy) against "
+            f"{pct(pe['b'])} for the instructed base model, a gain of "
+            f"{100 * pe['difference']:+.0f} points (paired 95% interval "
+            f"{100 * pe['ci_low']:+.0f} to {100 * pe['ci_high']:+.0f}); on "
+            f"the real continuations it manages {pct(st['real']['balanced'])}, "
+            "the most a model could expect from this judge."))
+    else:
+        lines.append(_goal("Voice and era", None,
+                           "The data carry no year, so they are not judged."))
+    near = abs(F["mean_words"] - R["mean_words"]) <= 0.2 * R["mean_words"]
+    lines.append(_goal(
+        "Length", near,
+        f"The fine-tuned continuations average {fmt(F['mean_words'])} words "
+        f"against {fmt(R['mean_words'])} for the real ones, and end by "
+        f"themselves in {pct(F['stop_rate'])} of cases."))
+    lines += ["", "**What went wrong.** "
+              + f"Under the chosen decoding {pct(F['loop_rate'])} of the "
+              f"fine-tuned continuations loop and {pct(F['anachronism_rate'])} "
+              "use a term before its time by the short list behind the "
+              "metrics table; my readings of the shown generations (the human "
+              "assessment above) name the failures a program does not see. The "
+              "facts in any generation are the model's invention.", ""]
+    helps = []
+    if rs:
+        recs = rs["recipes"]
+        qv = [r for n, r in recs.items() if n.startswith("q,v")]
+        al = [r for n, r in recs.items() if n.startswith("all linear")]
+        if qv and al:
+            q_best = min(r["best_val_loss"] for r in qv)
+            a_best = min(r["best_val_loss"] for r in al)
+            helps.append(
+                f"adapting every linear layer instead of the query and value "
+                f"maps alone lowered the validation loss from {fmt(q_best, 4)} "
+                f"to {fmt(a_best, 4)} in the recipe sweep of chapter 3"
+                if a_best < q_best else
+                f"in the recipe sweep of chapter 3, adapting every linear "
+                f"layer did not beat the query and value maps alone "
+                f"({fmt(a_best, 4)} against {fmt(q_best, 4)})")
+    if rs:
+        for name, r in rs["recipes"].items():
+            ev = r.get("val_loss_by_epoch") or []
+            if len(ev) > 1:
+                k = min(range(len(ev)), key=lambda i: ev[i]["eval_loss"])
+                helps.append(
+                    f"with \u201c{name}\u201d the validation loss was lowest "
+                    f"after epoch {k + 1} of {len(ev)} "
+                    + ("and still falling at the end, so more epochs may help"
+                       if k == len(ev) - 1 else
+                       "and rose after it, so more epochs at that rate do "
+                       "not help; more passages would"))
+    if small and small.get("n_train") and small["n_train"] < metrics["n_train"]:
+        ours = t["finetuned"]["perplexity"]
+        helps.append(
+            f"more passages: the same kind of run on {small['n_train']} "
+            f"passages scored a test perplexity of "
+            f"{fmt(small['test_perplexity'], 4)}, against {fmt(ours, 4)} "
+            f"on {metrics['n_train']:,}"
+            + ("" if ours < small["test_perplexity"] else
+               " (no gain from more data here)"))
+    lines.append(
+        "**What would improve it.** "
+        + ("Measured here: " + "; ".join(helps) + ". " if helps else "")
+        + f"This build trains on {metrics['n_train']:,} of the training "
+        f"split's passages for {metrics['epochs']} epochs; the `full` preset trains on all "
+        "of them and scores every validation and test passage, which a GPU "
+        "does in minutes (README, \u201cOn Colab / on a GPU\u201d). A "
+        "larger model and a prompt that names the occasion (an annual "
+        "message to Congress) are the next levers, untried here.")
+    return "\n".join(lines)
