@@ -121,7 +121,9 @@ def test_nan_guard_stops_training(tmp_path):
 
 def test_lean_loop_micro_batches_make_the_same_step(tiny_cfg, tokenizer):
     """LeanLoop steps over two micro-batches move the adapters exactly as
-    steps over the whole batch (fp32, no dropout)."""
+    steps over the whole batch (fp32, no dropout; up to float summation
+    order: measured 8.8e-7 on all-linear adapters, against 6e-3 when one
+    micro-batch is dropped or counted twice)."""
     cfg = tiny_cfg.replace(load_in_8bit=False, lora_dropout=0.0, bf16=False,
                            warmup_ratio=0.0)
     batch = _batch(cfg, tokenizer, n=4)
@@ -137,7 +139,7 @@ def test_lean_loop_micro_batches_make_the_same_step(tiny_cfg, tokenizer):
     loss_micro, micro = after([halves, halves])
     assert loss_micro == pytest.approx(loss_full, rel=1e-5)
     for name in full:
-        torch.testing.assert_close(micro[name], full[name], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(micro[name], full[name], rtol=1e-5, atol=2e-6)
     # ...and the steps did move them.
     fresh = {n: p for n, p in M.load_model(cfg).named_parameters() if p.requires_grad}
     for part in ("lora_A", "lora_B"):
