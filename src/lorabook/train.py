@@ -221,6 +221,22 @@ def n_evaluations(cfg: Config, n_train: int) -> int:
     return steps // every + (1 if steps % every else 0)
 
 
+def multi_process_sampling() -> dict | None:
+    """accelerate's settings under torchrun, None in one process.
+
+    Under torchrun every rank must draw the same epoch order and take its
+    shard of it. The length-grouped sampler shuffles with the process's
+    global RNG (it has no generator), which dropout moves differently on
+    each rank. With the seedable sampler off (it only replaces a
+    RandomSampler), accelerate gives the sampler a generator and broadcasts
+    rank 0's state to every rank at each epoch. One process keeps the
+    defaults, so the book's batch order is unchanged.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return {"use_seedable_sampler": False}
+    return None
+
+
 def training_arguments(cfg: Config, out: Path, n_train: int):
     """The Trainer's settings, every one written out (chapter 3)."""
     # Adapted from the assignment's TrainingArguments example and the PEFT
@@ -257,16 +273,7 @@ def training_arguments(cfg: Config, out: Path, n_train: int):
         # Batches of similar length: less padding to compute.
         train_sampling_strategy=("group_by_length" if cfg.group_by_length
                                  else "random"),
-        # Under torchrun every rank must draw the same epoch order and take
-        # its shard of it. The length-grouped sampler shuffles with the
-        # process's global RNG (it has no generator), which dropout moves
-        # differently on each rank. With the seedable sampler off (it only
-        # replaces a RandomSampler), accelerate gives the sampler a generator
-        # and broadcasts rank 0's state to every rank at each epoch. One
-        # process keeps the defaults: the book's batch order is unchanged.
-        accelerator_config=({"use_seedable_sampler": False}
-                            if int(os.environ.get("WORLD_SIZE", "1")) > 1
-                            else None),
+        accelerator_config=multi_process_sampling(),   # None in one process
         bf16=M.use_bf16(cfg),                 # autocast where it pays
         fp16=M.use_fp16(cfg),                 # a GPU without bf16 (T4)
         use_cpu=not on_gpu,
