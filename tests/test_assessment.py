@@ -72,3 +72,15 @@ def test_recipe_verdict_names_the_build_recipe_and_flips():
     text = A.recipe_verdict(rs, cfg, decoding="d")
     assert "does worse than the instructed base" in text
     assert "not reliably closer" in text
+
+
+def test_conclusion_reads_epoch_ends_only():
+    """Evaluations within an epoch are not epochs: a run evaluated every
+    half epoch is judged at its epoch ends."""
+    m = dict(n_train=1023, epochs=3)
+    evals = [dict(epoch=e, eval_loss=v) for e, v in
+             ((0.5, 3.20), (1.0, 3.17), (1.5, 3.16), (2.0, 3.15), (2.5, 3.17),
+              (3.0, 3.18))]
+    rs = dict(recipes={"r": dict(val_loss_by_epoch=evals, best_val_loss=3.15)})
+    text = A.conclusion(_res((0.02, 0.2), (0.05, 0.3)), m, rs, None)
+    assert "lowest after epoch 2 of 3 and rose after it" in text

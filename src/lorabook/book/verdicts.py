@@ -211,12 +211,15 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                 f"({fmt(a_best, 4)} against {fmt(q_best, 4)})")
     if rs:
         for name, r in rs["recipes"].items():
-            ev = r.get("val_loss_by_epoch") or []
+            # Epoch ends only (a run may also evaluate within an epoch).
+            ev = [e for e in r.get("val_loss_by_epoch") or []
+                  if float(e.get("epoch", 0)).is_integer()]
             if len(ev) > 1:
                 k = min(range(len(ev)), key=lambda i: ev[i]["eval_loss"])
                 helps.append(
-                    f"with \u201c{name}\u201d the validation loss was lowest "
-                    f"after epoch {k + 1} of {len(ev)} "
+                    f"with \u201c{name}\u201d the validation loss at the "
+                    f"epoch ends was lowest after epoch {int(ev[k]['epoch'])} "
+                    f"of {int(ev[-1]['epoch'])} "
                     + ("and still falling at the end, so more epochs may help"
                        if k == len(ev) - 1 else
                        "and rose after it, so more epochs at that rate do "
