@@ -1,6 +1,5 @@
-"""Numbers in prose, for the chapters' computed sentences: `fmt`, `pct`,
-`compare` (a comparison word chosen by the two values beside it), and the
-thresholds the evaluation's measures share. The verdicts that use them
+"""Numbers and quotes in prose, for the chapters' computed sentences:
+`fmt`, `pct`, `excerpt`, and the era judge's margin. The verdicts that use them
 (chapter 3's recipe verdict, chapter 5's conclusion) are in book.verdicts
 and re-exported here; tests/test_assessment.py renders them from numbers
 that point each way and checks that the words follow.
@@ -10,11 +9,6 @@ from __future__ import annotations
 import math
 
 
-# A generation "loops" when more than a fifth of its 3-grams repeat an
-# earlier one; real passages score about 0 (chapter 5 prints their rate).
-LOOP_THRESHOLD = 0.2
-# An echo is a run of at least this many words copied from the prompt.
-ECHO_WORDS = 6
 # The era judge is used only if, on real passages, it beats both floors by
 # this much (accuracy over always-the-commonest-era, balanced accuracy over
 # chance).
@@ -39,24 +33,6 @@ def fmt(x, digits: int = 3) -> str:
 def pct(x: float) -> str:
     """A share as a whole percentage: 0.4375 -> "44%"."""
     return f"{100 * x:.0f}%"
-
-
-def compare(a: float, b: float, lower: str, higher: str, same: str,
-            tol: float = 0.0) -> str:
-    """`lower` if a < b, `higher` if a > b, `same` within `tol`."""
-    if abs(a - b) <= tol:
-        return same
-    return lower if a < b else higher
-
-
-def judge_usable(judge: dict) -> bool:
-    """The era judge beats both floors on real passages by JUDGE_MARGIN."""
-    return (judge["real_accuracy"] - judge["majority"] >= JUDGE_MARGIN
-            and judge["real_balanced"] - judge["chance"] >= JUDGE_MARGIN)
-
-
-def words_n(n: int) -> str:
-    return f"{n} word" if n == 1 else f"{n} words"
 
 
 def excerpt(text: str, n_words: int = 30) -> str:
