@@ -300,3 +300,21 @@ def test_cleaning_report_matches_rules():
     assert all(len(r["examples"]) <= 5 for r in report["rules"].values())
     with pytest.raises(LorabookError, match="build_sotu"):
         load_cleaning_report(Path("/nonexistent/report.json"))
+
+
+def test_cleaning_table_kinds_and_shown_removal():
+    from lorabook import data as D
+    report = {"rules": {
+        "page_marker": {"removed": 3, "examples": [
+            {"context": "\u2026long context before the cut \u27e6[Page 12]\u27e7 after\u2026"}]},
+        "dashes": {"removed": 9, "examples": [{"context": "a \u27e6--\u27e7 b"}]},
+        "footnote": {"removed": 5, "examples": [
+            {"context": "x \u27e6" + "n" * 80 + "\u27e7 y"}]}}}
+    rows = D.cleaning_table(report)
+    assert [(r["rule"], r["kind"]) for r in rows] == [
+        ("dashes", "normalised"), ("footnote", "removed"),
+        ("page_marker", "removed")]
+    assert D.shown_removal(rows[2]["example"]) == \
+        "\u2026 before the cut \u27e6[Page 12]\u27e7\u2026"
+    long = D.shown_removal(rows[1]["example"])
+    assert long.endswith("n" * 60 + "\u2026\u27e7\u2026")

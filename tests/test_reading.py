@@ -74,3 +74,34 @@ def test_computed_checks_on_hand_made_generations():
     assert "soviet" in old["before its time"] and "nuclear" in old["before its time"]
     assert R.computed_checks("Here is the next passage of the speech.", "p",
                              1900)["voice"] == "meta"
+
+
+def test_verdicts_are_counted_per_system_and_a_bad_answer_is_refused(tmp_path):
+    import pytest
+    from lorabook.config import LorabookError
+    recs = [dict(id=f"r{i}", prompt="p", finetuned=f"ft {i}",
+                 base_instructed=f"base {i}") for i in range(3)]
+    entries = []
+    for i, r in enumerate(recs):
+        e = _entry(r, "finetuned", r["finetuned"])
+        e.update(coherent=["yes", "partly: circular", "no: garbled"][i],
+                 repetition="none" if i else '"the the"')
+        entries.append(e)
+    entries.append(_entry(recs[0], "base_instructed", "an older text"))
+    path = tmp_path / "readings.yaml"
+    path.write_text(yaml.safe_dump(entries))
+    counts = R.verdict_counts(recs, R.load_readings(path))
+    assert counts["finetuned"]["n"] == 3
+    assert counts["finetuned"]["coherent"] == {"yes": 1, "partly": 1, "no": 1}
+    assert counts["finetuned"]["repetition"] == {"found": 1, "none": 2}
+    assert counts["base_instructed"]["n"] == 0          # its reading is stale
+    entries[1]["own_voice"] = "mostly"                  # not yes/partly/no
+    path.write_text(yaml.safe_dump(entries))
+    with pytest.raises(LorabookError, match="own_voice.*yes, partly, no"):
+        R.load_readings(path)
+
+
+def test_shipped_readings_load():
+    from pathlib import Path
+    entries = R.load_readings(Path(__file__).parents[1] / R.READINGS_FILE)
+    assert sum(e["id"] != R.SUMMARY_ID for e in entries) == 18

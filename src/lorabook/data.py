@@ -371,14 +371,36 @@ def load_cleaning_report(path=None) -> dict:
     return json.loads(p.read_text(encoding="utf-8"))
 
 
+# Cleaning rules that rewrite real speech (its form) rather than remove
+# text nobody said.
+NORMALISING_RULES = {"dashes", "quotes", "ellipsis", "whitespace",
+                     "missing_space", "control_chars", "editorial_insertion"}
+
+
+def shown_removal(example: str, before: int = 16, most: int = 60) -> str:
+    """A cleaning example cut to a few characters of context and the
+    removed text (up to `most` characters) between its brackets ⟦ ⟧."""
+    ex = example.strip("\u2026")
+    i, j = ex.find("\u27e6"), ex.find("\u27e7")
+    if i < 0 or j < i:
+        return ex[:most] + "\u2026"
+    cut = ex[i + 1:j]
+    cut = cut if len(cut) <= most else cut[:most] + "\u2026"
+    return "\u2026" + ex[max(0, i - before):i] + "\u27e6" + cut + "\u27e7\u2026"
+
+
 def cleaning_table(report: dict) -> list[dict]:
-    """Rows (rule, removed, what, example) for a table in the book."""
+    """Rows (rule, kind, removed, what, example) for a table in the book:
+    kind "normalised" (first) or "removed", most frequent first."""
     rules = report.get("rules", report)
     rows = []
     for rule, info in rules.items():
         ex = info.get("examples") or [{}]
         rows.append({"rule": rule, "removed": info["removed"],
+                     "kind": ("normalised" if rule in NORMALISING_RULES
+                              else "removed"),
                      "what": RULE_DESCRIPTIONS.get(rule, ""),
                      "example": ex[0].get("context", ex[0].get("removed",
                                                                  ""))})
+    rows.sort(key=lambda r: (r["kind"], -r["removed"]))
     return rows

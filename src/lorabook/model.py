@@ -271,11 +271,9 @@ def load_8bit_model(cfg: Config, backend: str | None = None):
             f"cannot load model {cfg.model_name!r}: {e}. Give a local "
             "directory with config.json and safetensors weights, or a hub "
             "id that is already in the local cache") from None
-    if (backend or quant_backend(cfg)) == "int8cpu":
-        # The speed layer: the same bitsandbytes weights, multiplied faster
-        # on the CPU (lorabook.speed.int8cpu).
+    if (backend or quant_backend(cfg)) == "int8cpu":   # on a CPU
         from lorabook.speed.int8cpu import use_fast_cpu_products
-        use_fast_cpu_products(model)
+        use_fast_cpu_products(model)          # same weights, faster products
     model.config.use_cache = False            # no KV cache while training
     return model
 

@@ -18,7 +18,7 @@ def passages_per_decade(samples):
     import pandas as pd
     df = pd.DataFrame({"decade": [s["year"] // 10 * 10 for s in samples]})
     counts = df.value_counts("decade").sort_index()
-    fig, ax = plt.subplots(figsize=(7, 2.8))
+    fig, ax = plt.subplots(figsize=(7, 2.4))
     sns.barplot(x=counts.index.astype(str), y=counts.values, ax=ax,
                 color="#4c72b0")
     ax.set_xlabel("decade")
@@ -34,7 +34,7 @@ def length_histogram(lengths: dict, max_length: int):
     import pandas as pd
     df = pd.concat([pd.DataFrame({"tokens": v, "part": k})
                     for k, v in lengths.items()])
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig, ax = plt.subplots(figsize=(7, 2.6))
     sns.histplot(df, x="tokens", hue="part", element="step", bins=40, ax=ax)
     ax.axvline(max_length, ls="--", color="black", lw=1)
     ax.set_xlabel("tokens per sample")
@@ -50,7 +50,7 @@ def loss_curve(log_history: list, base_val_loss: float):
     import pandas as pd
     train = pd.DataFrame([r for r in log_history if "loss" in r])
     val = pd.DataFrame([r for r in log_history if "eval_loss" in r])
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = plt.subplots(figsize=(7, 3.0))
     sns.lineplot(x=train["epoch"], y=train["loss"], ax=ax,
                  label="training loss (per logging step)", lw=1)
     sns.lineplot(x=val["epoch"], y=val["eval_loss"], ax=ax, marker="o",
@@ -68,7 +68,7 @@ def loss_curve(log_history: list, base_val_loss: float):
 def perplexity_bars(result: dict):
     """Base vs fine-tuned perplexity per split, with 95% bootstrap CIs."""
     _theme()
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = plt.subplots(figsize=(6, 2.6))
     colors = {"base": "#8c8c8c", "finetuned": "#4c72b0"}
     splits = ["validation", "test"]
     width = 0.38

@@ -136,19 +136,12 @@ def _check_padding(padding: str, max_length: int | None,
 
 def collator(tokenizer, padding: str = "longest", max_length: int | None = None,
              multiple_of: int | None = None):
-    """A batch collator: Hugging Face's `DataCollatorForSeq2Seq`.
-
-    It pads `input_ids` with the pad token and `attention_mask` with 0 on
-    the right, and pads `labels` with -100 by position, so padding is never
-    learned and an EOS is learned even where its id equals the pad id.
-    `padding="longest"` makes each batch as wide as its longest sample,
-    rounded up to a multiple of `multiple_of`; `"max_length"` pads every
-    batch to `max_length`, as the assignment's recipe does.
-    """
+    """Hugging Face's `DataCollatorForSeq2Seq`: right padding, labels
+    padded with -100 by position (chapter 2)."""
     # Adapted from the transformers docs on DataCollatorForSeq2Seq (used as
-    # a library; labels padded with label_pad_token_id=-100): padding per
-    # batch to a multiple of `multiple_of`, or to max_length as the
-    # assignment's recipe does.
+    # a library, label_pad_token_id=-100): padding="longest" pads a batch to
+    # its longest sample, rounded up to `multiple_of`; "max_length" pads to
+    # max_length, as the assignment's recipe does.
     from transformers import DataCollatorForSeq2Seq
     _check_padding(padding, max_length, multiple_of)
     return DataCollatorForSeq2Seq(

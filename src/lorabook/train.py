@@ -307,6 +307,20 @@ def make_trainer(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds,
     return trainer
 
 
+def allow_ddp_wrap(trainer) -> None:
+    """In a multi-process run, let `trainer.train()` wrap the model in
+    DistributedDataParallel after an `evaluate()`.
+
+    evaluate() has accelerate prepare the model for evaluation only, which
+    still marks it `_is_accelerate_prepared`; train()'s accelerator.prepare
+    would then return it as it is (prepare_model's guard against wrapping
+    twice), never wrapped, and the ranks' gradients would not be
+    all-reduced. Unmarking it lets train() wrap it. One process: no-op.
+    """
+    if trainer.args.world_size > 1:
+        trainer.model.__dict__.pop("_is_accelerate_prepared", None)
+
+
 def fit(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds, *,
         resume: bool = False, verbose: bool = True):
     """Train and save the adapter; returns (trainer, the result of
@@ -321,14 +335,7 @@ def fit(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds, *,
     else:
         base_loss = trainer.evaluate()["eval_loss"]
         write_json(base, {"eval_loss": base_loss})
-    if trainer.args.world_size > 1:
-        # evaluate() above had accelerate prepare the model for evaluation
-        # only, which still marks it `_is_accelerate_prepared`; train()'s
-        # accelerator.prepare would then return it as it is (prepare_model's
-        # guard against wrapping twice), never wrapped in
-        # DistributedDataParallel, and the ranks' gradients would not be
-        # all-reduced. Unmark it so that train() wraps it.
-        trainer.model.__dict__.pop("_is_accelerate_prepared", None)
+    allow_ddp_wrap(trainer)          # several processes only (torchrun)
     checkpoint = resume and any((out / "checkpoints").glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if checkpoint else None)
     if is_main_process():

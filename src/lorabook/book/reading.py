@@ -28,6 +28,10 @@ CRITERIA = {
     "invented_facts": "Names, numbers or events that are wrong or made up?",
     "repetition": "Does it repeat itself or loop?",
 }
+# The first four are answered yes, partly or no (then a note after a
+# colon); the last three none, or what was found.
+QUALITIES = ("coherent", "on_topic", "own_voice", "of_its_era")
+ANSWERS = ("yes", "partly", "no")
 SYSTEMS = ("finetuned", "base_instructed")
 READINGS_FILE = "book/readings.yaml"
 
@@ -82,11 +86,43 @@ def load_readings(path: str | Path) -> list[dict]:
         need = (("id", "sha256", "reading") if e.get("id") == SUMMARY_ID
                 else ("id", "system", "sha256", "reading", *CRITERIA))
         missing = [k for k in need if k not in e]
+        from lorabook.config import LorabookError
         if missing:
-            from lorabook.config import LorabookError
             raise LorabookError(f"{path}: the reading of {e.get('id')} "
                                 f"({e.get('system')}) lacks {missing}")
+        for k in QUALITIES if e.get("id") != SUMMARY_ID else ():
+            if verdict(k, e[k]) is None:
+                raise LorabookError(
+                    f"{path}: the reading of {e['id']} ({e['system']}) "
+                    f"answers {k} with {e[k]!r}; begin it with one of "
+                    f"{', '.join(ANSWERS)} (a note may follow a colon)")
     return entries
+
+
+def verdict(criterion: str, mark) -> str | None:
+    """The verdict a mark begins with: yes/partly/no for a quality (None
+    if it begins with another word), none/found for a fault."""
+    text = str(mark).strip().lower()
+    if criterion in QUALITIES:
+        first = text.replace(":", " ").replace(",", " ").split()[:1]
+        return first[0] if first and first[0] in ANSWERS else None
+    return "none" if text in ("none", "") else "found"
+
+
+def verdict_counts(records: list[dict], readings: list[dict]) -> dict:
+    """{system: {criterion: {verdict: count}}} over the shown generations
+    that have a current reading, with `n` the number read per system."""
+    out = {}
+    for system in SYSTEMS:
+        read = [e for r in records
+                if (e := reading_for(r, system, readings)) is not None]
+        counts = {k: {} for k in CRITERIA}
+        for e in read:
+            for k in CRITERIA:
+                v = verdict(k, e[k])
+                counts[k][v] = counts[k].get(v, 0) + 1
+        out[system] = {"n": len(read), **counts}
+    return out
 
 
 def reading_for(record: dict, system: str, readings: list[dict]) -> dict | None:

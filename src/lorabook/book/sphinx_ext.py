@@ -46,7 +46,16 @@ def _config_inited(app, config) -> None:
         "\\fancyhead[R]{{\\py@HeaderFamily\\small\\url{"
         + info["code_url"].replace("%", r"\%").replace("#", r"\#") + "}}}"
         "\\renewcommand{\\headrulewidth}{0.4pt}"
-        "\\renewcommand{\\footrulewidth}{0.4pt}}\\makeatother\n")
+        "\\renewcommand{\\footrulewidth}{0.4pt}}\\makeatother\n"
+        # The title, author, code link and date above the contents, on one
+        # page (Sphinx's title page fills a page of its own).
+        "\\makeatletter\\newcommand{\\lorabooktitle}{\\begingroup"
+        "\\hypersetup{pdfauthor={\\@author}, pdftitle={\\@title}}"
+        "\\centering\\py@HeaderFamily{\\LARGE\\bfseries\\@title\\par}"
+        "\\vskip 10pt{\\large\\@author\\par}\\vskip 4pt"
+        "{\\itshape\\py@release\\par}\\vskip 4pt{\\@date\\par}"
+        "\\endgroup\\vskip 28pt\\thispagestyle{empty}}\\makeatother\n")
+    elements["maketitle"] = "\\lorabooktitle"
     config.latex_elements = elements
     app.lorabook_warning = placeholder_warning(info)
     if app.lorabook_warning:

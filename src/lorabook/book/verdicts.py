@@ -59,25 +59,25 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
         f"({pct(d['era_balanced'])} against {pct(d['base_era_balanced'])} "
         f"balanced accuracy; the interval of the gain, "
         f"{100 * d['era_ci'][0]:+.0f} to {100 * d['era_ci'][1]:+.0f} points, "
-        "lies above zero),",
+        "lies above zero).",
         f"On the era judge it does worse than the instructed base model "
         f"({pct(d['era_balanced'])} against {pct(d['base_era_balanced'])}; "
-        "the interval lies below zero),",
+        "the interval lies below zero).",
         f"On the era judge it cannot be told from the instructed base model "
         f"({pct(d['era_balanced'])} against {pct(d['base_era_balanced'])}; "
         f"the interval, {100 * d['era_ci'][0]:+.0f} to "
-        f"{100 * d['era_ci'][1]:+.0f} points, holds zero),"))
+        f"{100 * d['era_ci'][1]:+.0f} points, holds zero)."))
     out.append(paired_verdict(
         d["we_gap"], d["we_ci"],
-        f"and its share of texts in the first person plural, "
+        f"Its share of texts in the first person plural, "
         f"{pct(d['we_share'])}, is closer to the real "
         f"{pct(d['real_we_share'])} than the base model's "
         f"{pct(d['base_we_share'])} (interval above zero).",
-        f"and its share of texts in the first person plural, "
+        f"Its share of texts in the first person plural, "
         f"{pct(d['we_share'])}, is further from the real "
         f"{pct(d['real_we_share'])} than the base model's "
         f"{pct(d['base_we_share'])} (interval below zero).",
-        f"but its share of texts in the first person plural, "
+        f"Its share of texts in the first person plural, "
         f"{pct(d['we_share'])}, is not reliably closer to the real "
         f"{pct(d['real_we_share'])} than the base model's "
         f"{pct(d['base_we_share'])} (the interval holds zero)."))
