@@ -83,4 +83,7 @@ def test_conclusion_reads_epoch_ends_only():
               (3.0, 3.18))]
     rs = dict(recipes={"r": dict(val_loss_by_epoch=evals, best_val_loss=3.15)})
     text = A.conclusion(_res((0.02, 0.2), (0.05, 0.3)), m, rs, None)
-    assert "lowest after epoch 2 of 3 and rose after it" in text
+    assert "rose again after its lowest with \u201cr\u201d (lowest after epoch 2 of 3)" in text
+    evals[-1]["eval_loss"] = 3.10                    # still falling at epoch 3
+    text = A.conclusion(_res((0.02, 0.2), (0.05, 0.3)), m, rs, None)
+    assert "may help with \u201cr\u201d (lowest after epoch 3 of 3)" in text

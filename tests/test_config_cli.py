@@ -186,3 +186,25 @@ def test_cli_set_reaches_every_field_with_yaml_values(monkeypatch, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error:") and word in err, err
     assert isinstance(p, argparse.ArgumentParser) and not seen
+
+
+def test_data_edited_in_place_is_a_new_run(tmp_path):
+    """The data file's contents, not only its path, decide whether a
+    finished run (and its evaluation) is reused."""
+    import os
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n')
+    cfg = load_config("tiny", data_path=str(data),
+                      output_dir=str(tmp_path / "run"))
+    out = T.run_dir(cfg)
+    out.mkdir()
+    T.write_json(out / "config.json", T.run_record(cfg))
+    for name in ("metrics.json", "log_history.json"):
+        T.write_json(out / name, {} if name == "metrics.json" else [])
+    assert T.finished_run(cfg) is not None
+    before = (cfg.hash(), cfg.train_hash())
+    stat = data.stat()
+    data.write_text('{"prompt": "a", "response": "c"}\n')   # same size
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert cfg.hash() != before[0] and cfg.train_hash() != before[1]
+    assert T.finished_run(cfg) is None

@@ -120,10 +120,13 @@ class Config:
         return d
 
     def hash(self, fields: tuple[str, ...] | None = None) -> str:
-        """Short stable hash of (some) fields; keys caches and run dirs."""
+        """Short stable hash of (some) fields and of the data file's
+        contents; keys the reuse of runs and of evaluations, so that data
+        edited in place give a new run."""
         d = self.to_dict()
         if fields is not None:
             d = {k: d[k] for k in fields}
+        d["data_sha256"] = data_digest(self.resolve(self.data_path))
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -137,6 +140,26 @@ class Config:
         """A path of the config, relative to the repository root."""
         p = Path(path)
         return p if p.is_absolute() else REPO_ROOT / p
+
+
+_DIGESTS: dict = {}
+
+
+def data_digest(path: Path) -> str:
+    """SHA-256 of a data file's bytes ("missing" if there is none), cached
+    while the file's size and modification time stay the same."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 # Settings that only the evaluation reads (chapter 5); changing them keeps

@@ -127,9 +127,10 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
     recall = ""
     if mem:
         br, bc = mem["base"]["real"], mem["base"]["control"]
-        recall = (f" The base model gives back {pct(br['share_prefix_k'])} of "
-                  f"real openings' next {mem['k']} words and "
-                  f"{pct(bc['share_prefix_k'])} of the control's, "
+        recall = (f" Given the opening of a real passage, the base model "
+                  f"went on with its next {mem['k']} words or more for "
+                  f"{pct(br['share_prefix_k'])} of the passages, and for "
+                  f"{pct(bc['share_prefix_k'])} of the control passages, "
                   + ("so part of both perplexities is recall of text it has "
                      "seen." if br["share_prefix_k"] > bc["share_prefix_k"] + 0.05
                      else "so the gain is prediction, not recall."))
@@ -210,20 +211,25 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                 f"layer did not beat the query and value maps alone "
                 f"({fmt(a_best, 4)} against {fmt(q_best, 4)})")
     if rs:
+        falling, rising = [], []
         for name, r in rs["recipes"].items():
             # Epoch ends only (a run may also evaluate within an epoch).
             ev = [e for e in r.get("val_loss_by_epoch") or []
                   if float(e.get("epoch", 0)).is_integer()]
             if len(ev) > 1:
                 k = min(range(len(ev)), key=lambda i: ev[i]["eval_loss"])
-                helps.append(
-                    f"with \u201c{name}\u201d the validation loss at the "
-                    f"epoch ends was lowest after epoch {int(ev[k]['epoch'])} "
-                    f"of {int(ev[-1]['epoch'])} "
-                    + ("and still falling at the end, so more epochs may help"
-                       if k == len(ev) - 1 else
-                       "and rose after it, so more epochs at that rate do "
-                       "not help"))
+                where = (f"\u201c{name}\u201d (lowest after epoch "
+                         f"{int(ev[k]['epoch'])} of {int(ev[-1]['epoch'])})")
+                (falling if k == len(ev) - 1 else rising).append(where)
+        if rising:
+            helps.append(
+                "more epochs would not help at the rates tried: the "
+                "validation loss at the epoch ends rose again after its "
+                "lowest with " + " and ".join(rising))
+        if falling:
+            helps.append(
+                "more epochs may help with " + " and ".join(falling)
+                + ", whose validation loss was still falling at the end")
     if small and small.get("n_train") and small["n_train"] < metrics["n_train"]:
         ours = t["finetuned"]["perplexity"]
         helps.append(
@@ -236,10 +242,10 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
     lines.append(
         "**What would improve it.** "
         + ("Measured here: " + "; ".join(helps) + ". " if helps else "")
-        + f"This build trains on {metrics['n_train']:,} of the training "
-        f"split's passages for {metrics['epochs']} epochs; the `full` preset trains on all "
-        "of them and scores every validation and test passage, which a GPU "
-        "does in minutes (README, \u201cOn Colab / on a GPU\u201d). A "
+        + f"I trained on {metrics['n_train']:,} of the training "
+        f"split's passages for {metrics['epochs']} epochs; training on all "
+        "of them and scoring every validation and test passage is the next "
+        "step, which a GPU does in minutes. A "
         "larger model and a prompt that names the occasion (an annual "
         "message to Congress) are the next levers, untried here.")
     return "\n".join(lines)
