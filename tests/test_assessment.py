@@ -43,11 +43,11 @@ def test_conclusion_verdicts_follow_the_intervals():
     assert "**Form (length within a fifth of the real): not reached.**" in text
     assert "the era gain is within the noise" in text and "shorter than" in text
     # The share matches the real one (0.44 against 0.45) but the interval
-    # holds zero: partly.
+    # holds zero: not reached by fine-tuning.
     res = _res((-0.1, 0.2), (-0.1, 0.1))
     res["style"]["paired"]["we"]["a"] = 0.44
     text = A.conclusion(res, m, None, None)
-    assert "**Voice: partly reached.**" in text and "not shown to come from" in text
+    assert "**Voice: not reached by fine-tuning.**" in text and "not shown to come from" in text
 
 
 def test_recipe_verdict_names_the_build_recipe_and_flips():
@@ -83,7 +83,15 @@ def test_conclusion_reads_epoch_ends_only():
               (3.0, 3.18))]
     rs = dict(recipes={"r": dict(val_loss_by_epoch=evals, best_val_loss=3.15)})
     text = A.conclusion(_res((0.02, 0.2), (0.05, 0.3)), m, rs, None)
-    assert "rose again after its lowest with \u201cr\u201d (lowest after epoch 2 of 3)" in text
+    assert ("lowest before the last epoch with \u201cr\u201d (lowest after "
+            "epoch 2 of 3), and rose by 0.03 or less") in text
     evals[-1]["eval_loss"] = 3.10                    # still falling at epoch 3
     text = A.conclusion(_res((0.02, 0.2), (0.05, 0.3)), m, rs, None)
     assert "may help with \u201cr\u201d (lowest after epoch 3 of 3)" in text
+
+
+def test_pct_diff_is_the_difference_of_the_printed_percentages():
+    # 63.5% and 54.2% print as 64% and 54%: the sentence says +10, not +9.
+    assert A.pct(0.6354) == "64%" and A.pct(0.5417) == "54%"
+    assert A.pct_diff(0.6354, 0.5417) == "+10 points"
+    assert A.pct_diff(0.2, 0.25) == "-5 points"

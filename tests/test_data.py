@@ -179,6 +179,15 @@ def test_salutation_heading_and_notes():
     assert counts["list_marker"] == counts["editorial_note"] == 1
 
 
+def test_cents_after_a_sum_are_not_a_list_marker():
+    # The source writes "$9,126,439. 08." (1846): the "08." is cents.
+    text, counts, _ = clean_text(
+        "The balance was $9,126,439. 08. The debt is less. 2. The Army.",
+        rules=("list_marker",))
+    assert text == "The balance was $9,126,439. 08. The debt is less. The Army."
+    assert counts["list_marker"] == 1
+
+
 def test_normalisation():
     text, counts, _ = clean_text("\u201cYes,\u201d  it\u2019s done\u2014now."
                                  "Next one.", rules=("quotes", "dashes",

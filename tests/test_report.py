@@ -24,3 +24,9 @@ def test_a_name_needs_a_caption():
         report.table([dict(a=1)], name="tab-a")
     with pytest.raises(ValueError):
         report.table([dict(a=1)], caption="  ")
+
+
+def test_table_headers_are_words_not_identifiers():
+    text = report.table([dict(stopped_at_EOS="50%", ci_95="1 - 2")]).data
+    assert [c.strip() for c in text.splitlines()[0].split("|")[1:3]] == [
+        "stopped at EOS", "ci 95"]

@@ -57,6 +57,8 @@ def table(rows, floatfmt: str = ".3f", index: bool = False,
     from IPython.display import Markdown
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     df = df.copy()
+    # Column names are read as words: "stopped_at_EOS" -> "stopped at EOS".
+    df.columns = [str(c).replace("_", " ") for c in df.columns]
     align = []
     for c in df.columns:
         if pd.api.types.is_float_dtype(df[c]):

@@ -35,6 +35,13 @@ def pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
+def pct_diff(a: float, b: float) -> str:
+    """The difference of two shares in points, as the difference of their
+    printed whole percentages (64% and 54% -> "+10 points"), so that the
+    sentence's numbers add up."""
+    return f"{round(100 * a) - round(100 * b):+d} points"
+
+
 def excerpt(text: str, n_words: int = 30) -> str:
     """The first `n_words` words of a text, "…" if cut."""
     ws = (text or "").split()

@@ -2,7 +2,7 @@
 and the conclusion (chapter 5)."""
 from __future__ import annotations
 
-from lorabook.book.assessment import fmt, pct
+from lorabook.book.assessment import fmt, pct, pct_diff
 
 
 # --- chapter 3: the recipe sweep -------------------------------------------
@@ -102,7 +102,7 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
 
 def _goal(title: str, reached: bool | str | None, text: str) -> str:
     mark = {True: "reached", False: "not reached", None: "not judged",
-            "partly": "partly reached"}[reached]
+            "base": "not reached by fine-tuning"}[reached]
     return f"- **{title}: {mark}.** {text}"
 
 # A share within this many points of the real one "matches" it.
@@ -146,7 +146,7 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                     f"closeness, {100 * pw['ci_low']:+.0f} to "
                     f"{100 * pw['ci_high']:+.0f} points")
         lines.append(_goal(
-            "Voice", True if pw["ci_low"] > 0 else "partly" if matches else False,
+            "Voice", True if pw["ci_low"] > 0 else "base" if matches else False,
             f"{pct(pw['a'])} of the fine-tuned continuations speak as "
             f"\u201cwe\u201d or \u201cour\u201d, against {pct(pw['real'])} of "
             f"the real ones and {pct(pw['b'])} of the instructed base "
@@ -164,11 +164,15 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
             "Era", pe["ci_low"] > 0,
             f"The era judge places {pct(pe['a'])} of the fine-tuned "
             f"continuations in their era (balanced accuracy) against "
-            f"{pct(pe['b'])} for the instructed base model, a gain of "
-            f"{100 * pe['difference']:+.0f} points (paired 95% interval "
-            f"{100 * pe['ci_low']:+.0f} to {100 * pe['ci_high']:+.0f}); on "
-            f"the real continuations it manages {pct(st['real']['balanced'])}, "
-            "the most a model could expect from this judge."))
+            f"{pct(pe['b'])} for the instructed base model, a difference of "
+            f"{pct_diff(pe['a'], pe['b'])} (paired 95% interval "
+            f"{100 * pe['ci_low']:+.0f} to {100 * pe['ci_high']:+.0f}"
+            + ("; it lies above zero" if pe["ci_low"] > 0 else
+               "; it holds zero, so the gain is not shown" if pe["ci_high"] >= 0
+               else "; it lies below zero")
+            + f"). On the real continuations the judge manages "
+            f"{pct(st['real']['balanced'])}: a generation can reach that "
+            "only by reading as much like its era as the real text does."))
     else:
         lines.append(_goal("Voice and era", None,
                            "The data carry no year, so they are not judged."))
@@ -211,7 +215,7 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                 f"layer did not beat the query and value maps alone "
                 f"({fmt(a_best, 4)} against {fmt(q_best, 4)})")
     if rs:
-        falling, rising = [], []
+        falling, rising, rises = [], [], []
         for name, r in rs["recipes"].items():
             # Epoch ends only (a run may also evaluate within an epoch).
             ev = [e for e in r.get("val_loss_by_epoch") or []
@@ -221,11 +225,18 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                 where = (f"\u201c{name}\u201d (lowest after epoch "
                          f"{int(ev[k]['epoch'])} of {int(ev[-1]['epoch'])})")
                 (falling if k == len(ev) - 1 else rising).append(where)
+                if k < len(ev) - 1:
+                    rises.append(ev[-1]["eval_loss"] - ev[k]["eval_loss"])
         if rising:
             helps.append(
-                "more epochs would not help at the rates tried: the "
-                "validation loss at the epoch ends rose again after its "
-                "lowest with " + " and ".join(rising))
+                "more epochs show no sign of helping at the rates tried: "
+                "the validation loss at the epoch ends was lowest before "
+                "the last epoch with " + " and ".join(rising)
+                + f", and rose by {max(rises):.2f} or less after it, a "
+                "change too small on "
+                + (f"{metrics['n_val']} validation passages" if
+                   metrics.get("n_val") else "the validation passages")
+                + " to call overfitting")
         if falling:
             helps.append(
                 "more epochs may help with " + " and ".join(falling)

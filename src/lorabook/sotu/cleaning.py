@@ -112,8 +112,11 @@ _RE = {
     "section_heading": re.compile(
         _SENT_START +
         r"((?:[A-Z][A-Z'&,.-]*[A-Z.,]\s+)+)(?=[A-Z][a-z])"),
+    # A number after a sum with thousands ("$9,126,439. 08.") is its cents,
+    # split off by a typo in the source, not a list marker.
     "list_marker": re.compile(
-        _SENT_START + r"(?:[IVX]{1,5}\.|\(\d{1,2}\)|\([a-z]\)|\d{1,2}\.)"
+        _SENT_START + r"(?:[IVX]{1,5}\.|\(\d{1,2}\)|\([a-z]\)"
+        r"|(?<!\d,\d{3}\.\s)\d{1,2}\.)"
         r"\s+(?=[A-Z\"])"),
     "quotes": re.compile(r"[\u2018\u2019\u201b\u2032]|[\u201c\u201d\u201e"
                          r"\u2033]"),
