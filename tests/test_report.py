@@ -30,3 +30,12 @@ def test_table_headers_are_words_not_identifiers():
     text = report.table([dict(stopped_at_EOS="50%", ci_95="1 - 2")]).data
     assert [c.strip() for c in text.splitlines()[0].split("|")[1:3]] == [
         "stopped at EOS", "ci 95"]
+
+
+def test_table_code_columns_and_widths():
+    text = report.table([dict(id="1846-polk-0082", n=3)], caption="Ids.",
+                        code=("id",), widths=(30, 70)).data
+    assert "`1846-polk-0082`" in text
+    assert text.startswith("```{tabularcolumns} ") and r"\X{30}{100}" in text
+    with pytest.raises(ValueError, match="one width per column"):
+        report.table([dict(a=1, b=2)], caption="A.", widths=(100,))

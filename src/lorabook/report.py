@@ -42,7 +42,8 @@ def setup() -> Config:
 
 
 def table(rows, floatfmt: str = ".3f", index: bool = False,
-          caption: str | None = None, name: str | None = None):
+          caption: str | None = None, name: str | None = None,
+          code: tuple = (), widths: tuple | None = None):
     """A list of dicts or a DataFrame as a Markdown table (HTML and PDF).
 
     `caption` (MyST inline markup; whitespace is collapsed to one line)
@@ -51,14 +52,17 @@ def table(rows, floatfmt: str = ".3f", index: bool = False,
     book): the pipe table is wrapped in a MyST `{table}` directive, which
     myst-nb parses in the cell's Markdown output
     (`nb_render_markdown_format: myst`). `name` labels it for
-    `` {numref}`name` `` and needs a caption.
+    `` {numref}`name` `` and needs a caption. Cells of the columns named
+    in `code` are set as inline code (identifiers: never hyphenated in the
+    PDF). `widths` (percentages, one per column) fixes the PDF's column
+    widths, ragged right, where LaTeX's own choice would split a word.
     """
     import pandas as pd
     from IPython.display import Markdown
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     df = df.copy()
-    # Column names are read as words: "stopped_at_EOS" -> "stopped at EOS".
-    df.columns = [str(c).replace("_", " ") for c in df.columns]
+    if widths is not None and len(widths) != len(df.columns) + index:
+        raise ValueError("report.table: one width per column")
     align = []
     for c in df.columns:
         if pd.api.types.is_float_dtype(df[c]):
@@ -67,11 +71,17 @@ def table(rows, floatfmt: str = ".3f", index: bool = False,
         elif pd.api.types.is_numeric_dtype(df[c]):
             df[c] = df[c].map(str)
             align.append("right")
+        elif c in code:
+            df[c] = df[c].map(lambda v: "`" + str(v).replace("`", "'")
+                              .replace("|", "\\|") + "`")
+            align.append("left")
         else:
             df[c] = df[c].map(lambda v: _escape(str(v)))
             align.append("left")
     if index:
         align.insert(0, "left")
+    # Column names are read as words: "stopped_at_EOS" -> "stopped at EOS".
+    df.columns = [str(c).replace("_", " ") for c in df.columns]
     # Cells are formatted here: tabulate must not re-parse strings such as
     # "107.3" or "3.6093" as numbers and re-format them with floatfmt.
     text = df.to_markdown(index=index, disable_numparse=True, colalign=align)
@@ -85,7 +95,13 @@ def table(rows, floatfmt: str = ".3f", index: bool = False,
     # A colon fence: a notebook viewer that knows no MyST still shows the
     # table (with the directive's lines as text around it).
     head = f":::{{table}} {caption}\n" + (f":name: {name}\n" if name else "")
-    return Markdown(f"{head}\n{text}\n:::")
+    spec = ""
+    if widths is not None:
+        total = sum(widths)
+        spec = ("```{tabularcolumns} " + "".join(
+            r">{\raggedright\arraybackslash}\X{%d}{%d}" % (w, total)
+            for w in widths) + "\n```\n\n")
+    return Markdown(f"{spec}{head}\n{text}\n:::")
 
 
 def _escape(text: str) -> str:
