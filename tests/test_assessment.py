@@ -39,7 +39,10 @@ def test_conclusion_verdicts_follow_the_intervals():
     assert "**Prediction: reached.**" in text and "No measure above falls short" in text
     assert "part of both perplexities is recall" in text
     text = A.conclusion(_res((-0.1, 0.2), (-0.3, -0.05), words=20.0), m, None, None)
-    assert "**Voice: not reached.**" in text and "**Era: not reached.**" in text
+    # Era: the interval holds zero; voice: it lies below zero.
+    assert "**Voice: not reached.**" in text and "**Era: not shown.**" in text
+    flipped = A.conclusion(_res((-0.3, -0.05), (-0.1, 0.2)), m, None, None)
+    assert "**Voice: not shown.**" in flipped and "**Era: not reached.**" in flipped
     assert "**Form (length within a fifth of the real): not reached.**" in text
     assert "the era gain is within the noise" in text and "shorter than" in text
     # The share matches the real one (0.44 against 0.45) but the interval
@@ -84,7 +87,7 @@ def test_conclusion_reads_epoch_ends_only():
     rs = dict(recipes={"r": dict(val_loss_by_epoch=evals, best_val_loss=3.15)})
     text = A.conclusion(_res((0.02, 0.2), (0.05, 0.3)), m, rs, None)
     assert ("lowest before the last epoch with \u201cr\u201d (lowest after "
-            "epoch 2 of 3), and rose by 0.03 or less") in text
+            "epoch 2 of 3, then up by 0.03)") in text
     evals[-1]["eval_loss"] = 3.10                    # still falling at epoch 3
     text = A.conclusion(_res((0.02, 0.2), (0.05, 0.3)), m, rs, None)
     assert "may help with \u201cr\u201d (lowest after epoch 3 of 3)" in text

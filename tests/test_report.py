@@ -39,3 +39,10 @@ def test_table_code_columns_and_widths():
     assert text.startswith("```{tabularcolumns} ") and r"\X{30}{100}" in text
     with pytest.raises(ValueError, match="one width per column"):
         report.table([dict(a=1, b=2)], caption="A.", widths=(100,))
+
+
+def test_wrap_keeps_line_breaks_and_width():
+    text = report.wrap("PROMPT:", "a " * 80 + "\nsecond line", width=30)
+    lines = text.split("\n")
+    assert lines[0].startswith("PROMPT: a a") and lines[-1] == "second line"
+    assert max(len(l) for l in lines) <= 30

@@ -113,6 +113,17 @@ def _escape(text: str) -> str:
     return text.replace("\n", " ")
 
 
+def wrap(*parts, width: int = 100) -> str:
+    """Printed text in lines of at most `width` characters, its own line
+    breaks kept: a long line in a PDF code output would otherwise be cut
+    with a continuation mark."""
+    import textwrap
+    text = " ".join(str(p) for p in parts)
+    return "\n".join(textwrap.fill(line, width, break_long_words=False,
+                                    break_on_hyphens=False) or line
+                      for line in text.split("\n"))
+
+
 def glue_all(values: dict, prefix: str = "") -> None:
     """Glue every value of a dict under `prefix + key`, without display."""
     from myst_nb import glue

@@ -36,13 +36,12 @@ def _config_inited(app, config) -> None:
                                      author=info["author"],
                                      code_url=info["code_url"])
     # Page headers: the author and the code link on every page; footers:
-    # the title and the page number (a section name there would be wrong
-    # wherever a section starts mid-page, as the chapters run on).
+    # the page number only (a section name there would be wrong wherever a
+    # section starts mid-page, as the chapters run on).
     elements = dict(config.latex_elements or {})
     elements["preamble"] = elements.get("preamble", "") + (
         "\n\\makeatletter\\fancypagestyle{normal}{\\fancyhf{}"
         "\\fancyfoot[R]{{\\py@HeaderFamily\\thepage}}"
-        "\\fancyfoot[L]{{\\py@HeaderFamily\\@title}}"
         "\\fancyhead[L]{{\\py@HeaderFamily "
         + _latex_escape(info["author"]) + "}}"
         "\\fancyhead[R]{{\\py@HeaderFamily\\small\\url{"

@@ -102,7 +102,8 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
 
 def _goal(title: str, reached: bool | str | None, text: str) -> str:
     mark = {True: "reached", False: "not reached", None: "not judged",
-            "base": "not reached by fine-tuning"}[reached]
+            "base": "not reached by fine-tuning",
+            "unshown": "not shown"}[reached]
     return f"- **{title}: {mark}.** {text}"
 
 # A share within this many points of the real one "matches" it.
@@ -133,7 +134,8 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                   f"{pct(bc['share_prefix_k'])} of the control passages, "
                   + ("so part of both perplexities is recall of text it has "
                      "seen." if br["share_prefix_k"] > bc["share_prefix_k"] + 0.05
-                     else "so the gain is prediction, not recall."))
+                     else "so neither perplexity is lowered by recall of memorised "
+                     "text."))
     lines.append(_goal(
         "Prediction", apart,
         f"Test perplexity fell from {fmt(b['perplexity'], 4)} to "
@@ -146,7 +148,8 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                     f"closeness, {100 * pw['ci_low']:+.0f} to "
                     f"{100 * pw['ci_high']:+.0f} points")
         lines.append(_goal(
-            "Voice", True if pw["ci_low"] > 0 else "base" if matches else False,
+            "Voice", True if pw["ci_low"] > 0 else "base" if matches else
+            "unshown" if pw["ci_high"] >= 0 else False,
             f"{pct(pw['a'])} of the fine-tuned continuations speak as "
             f"\u201cwe\u201d or \u201cour\u201d, against {pct(pw['real'])} of "
             f"the real ones and {pct(pw['b'])} of the instructed base "
@@ -161,7 +164,8 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
             + " The first person is only the surface of the voice; my "
             "readings above judge the rest."))
         lines.append(_goal(
-            "Era", pe["ci_low"] > 0,
+            "Era", True if pe["ci_low"] > 0 else
+            "unshown" if pe["ci_high"] >= 0 else False,
             f"The era judge places {pct(pe['a'])} of the fine-tuned "
             f"continuations in their era (balanced accuracy) against "
             f"{pct(pe['b'])} for the instructed base model, a difference of "
@@ -215,7 +219,7 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                 f"layer did not beat the query and value maps alone "
                 f"({fmt(a_best, 4)} against {fmt(q_best, 4)})")
     if rs:
-        falling, rising, rises = [], [], []
+        falling, rising = [], []
         for name, r in rs["recipes"].items():
             # Epoch ends only (a run may also evaluate within an epoch).
             ev = [e for e in r.get("val_loss_by_epoch") or []
@@ -223,20 +227,17 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
             if len(ev) > 1:
                 k = min(range(len(ev)), key=lambda i: ev[i]["eval_loss"])
                 where = (f"\u201c{name}\u201d (lowest after epoch "
-                         f"{int(ev[k]['epoch'])} of {int(ev[-1]['epoch'])})")
-                (falling if k == len(ev) - 1 else rising).append(where)
+                         f"{int(ev[k]['epoch'])} of {int(ev[-1]['epoch'])}")
                 if k < len(ev) - 1:
-                    rises.append(ev[-1]["eval_loss"] - ev[k]["eval_loss"])
+                    rising.append(where + ", then up by "
+                                  f"{ev[-1]['eval_loss'] - ev[k]['eval_loss']:.2f})")
+                else:
+                    falling.append(where + ")")
         if rising:
             helps.append(
                 "more epochs show no sign of helping at the rates tried: "
                 "the validation loss at the epoch ends was lowest before "
-                "the last epoch with " + " and ".join(rising)
-                + f", and rose by {max(rises):.2f} or less after it, a "
-                "change too small on "
-                + (f"{metrics['n_val']} validation passages" if
-                   metrics.get("n_val") else "the validation passages")
-                + " to call overfitting")
+                "the last epoch with " + " and ".join(rising))
         if falling:
             helps.append(
                 "more epochs may help with " + " and ".join(falling)
