@@ -46,3 +46,8 @@ def test_wrap_keeps_line_breaks_and_width():
     lines = text.split("\n")
     assert lines[0].startswith("PROMPT: a a") and lines[-1] == "second line"
     assert max(len(l) for l in lines) <= 30
+
+
+def test_long_table_may_break_across_pages():
+    text = report.table([dict(a=1)], caption="A.", long=True).data
+    assert ":class: longtable" in text.splitlines()[1:3]

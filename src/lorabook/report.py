@@ -43,7 +43,7 @@ def setup() -> Config:
 
 def table(rows, floatfmt: str = ".3f", index: bool = False,
           caption: str | None = None, name: str | None = None,
-          code: tuple = (), widths: tuple | None = None):
+          code: tuple = (), widths: tuple | None = None, long: bool = False):
     """A list of dicts or a DataFrame as a Markdown table (HTML and PDF).
 
     `caption` (MyST inline markup; whitespace is collapsed to one line)
@@ -56,6 +56,8 @@ def table(rows, floatfmt: str = ".3f", index: bool = False,
     in `code` are set as inline code (identifiers: never hyphenated in the
     PDF). `widths` (percentages, one per column) fixes the PDF's column
     widths, ragged right, where LaTeX's own choice would split a word.
+    `long` lets the PDF break the table across pages (a longtable), so
+    that a long table does not leave the page before it half empty.
     """
     import pandas as pd
     from IPython.display import Markdown
@@ -94,7 +96,8 @@ def table(rows, floatfmt: str = ".3f", index: bool = False,
         raise ValueError("report.table: the caption is empty")
     # A colon fence: a notebook viewer that knows no MyST still shows the
     # table (with the directive's lines as text around it).
-    head = f":::{{table}} {caption}\n" + (f":name: {name}\n" if name else "")
+    head = (f":::{{table}} {caption}\n" + (f":name: {name}\n" if name else "")
+            + (":class: longtable\n" if long else ""))
     spec = ""
     if widths is not None:
         total = sum(widths)
