@@ -41,6 +41,10 @@ def setup() -> Config:
     return load_config()
 
 
+# A table of more rows than this may break across pages in the PDF.
+LONG_ROWS = 8
+
+
 def table(rows, floatfmt: str = ".3f", index: bool = False,
           caption: str | None = None, name: str | None = None,
           code: tuple = (), widths: tuple | None = None, long: bool = False):
@@ -97,7 +101,7 @@ def table(rows, floatfmt: str = ".3f", index: bool = False,
     # A colon fence: a notebook viewer that knows no MyST still shows the
     # table (with the directive's lines as text around it).
     head = (f":::{{table}} {caption}\n" + (f":name: {name}\n" if name else "")
-            + (":class: longtable\n" if long else ""))
+            + (":class: longtable\n" if long or len(df) > LONG_ROWS else ""))
     spec = ""
     if widths is not None:
         total = sum(widths)
