@@ -26,7 +26,7 @@ def table_rows() -> list[tuple[str, list[str]]]:
     rows = re.split(r"^\* - ", m.group(1), flags=re.M)[1:]
     out = []
     for row in rows[1:]:                           # rows[0]: the header row
-        where = row.split("\n", 1)[0]
+        where = row.split("\n  - ", 1)[0]       # the first cell (may wrap)
         names = re.findall(r"`([^`]+)`", where)
         assert names and names[0].endswith(".py"), where
         out.append((names[0], names[1:]))
