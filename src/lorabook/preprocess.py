@@ -53,7 +53,7 @@ def encode(prompt: str, response: str, tokenizer, max_length: int) -> dict | Non
     EOS (teaching the model to stop mid-sentence would be wrong).
     """
     # Adapted from the assignment's prompt-masking example (labels[:prompt_len]
-    # = -100): prompt and response tokenized apart and joined, EOS appended,
+    # = -100): prompt and response tokenized separately and joined, EOS appended,
     # the response truncated from the right, a sample without room dropped.
     p = prompt_ids(prompt, tokenizer)
     r = tokenizer(response, add_special_tokens=False)["input_ids"]

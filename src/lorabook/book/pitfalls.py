@@ -118,7 +118,7 @@ def boundary_comparison(samples: list[dict], tokenizer,
             for s in samples]
     ours = [e for e in ours if e is not None]
     n_resp = sum(sum(l != -100 for l in e["labels"]) for e in ours)
-    rows = [dict(method="mine: prompt and response tokenized apart",
+    rows = [dict(method="mine: prompt and response tokenized separately",
                  examples=len(ours), template_found=len(ours),
                  fully_masked=0, learned_tokens=n_resp,
                  kept_share=1.0,

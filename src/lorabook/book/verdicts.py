@@ -121,7 +121,12 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
              "to continue a passage in the voice of the address, a "
              "president speaking to Congress; and to write in the language "
              "of the year it is given. Each is answered here with this "
-             "build's numbers, with a fourth line on the passages' form:", ""]
+             "build's numbers, with a fourth line on the passages' form. A "
+             "goal counts as reached when the fine-tuned model's 95% "
+             "interval is clear of the base model's (prediction) or when "
+             "the paired 95% interval of its gain over the instructed base "
+             "model lies above zero (voice, era); \u201cnot shown\u201d "
+             "means the interval holds zero:", ""]
     b, f = t["base"], t["finetuned"]
     apart = f["ci_high"] < b["ci_low"]
     mem = res.get("memorization")
