@@ -91,10 +91,13 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
              < abs(d["mean_words"] - d["real_mean_words"]))) if yes]
         out.append(
             f"With {name} the same adapter scores {pct(o['era_balanced'])} "
-            f"on the era and {pct(o['we_share'])} in the first person, "
-            f"{fmt(o['mean_words'])} words against {fmt(d['mean_words'])} "
-            + (f"(nearer the real text on {', '.join(better)})." if better
-               else "(nowhere nearer the real text)."))
+            f"on the era and {pct(o['we_share'])} in the first person, and "
+            f"writes {fmt(o['mean_words'])} words against "
+            f"{fmt(d['mean_words'])} with {decoding} (real: "
+            f"{fmt(o['real_mean_words'])}); "
+            + (f"it is nearer the real text than {decoding} on "
+               f"{', '.join(better)}." if better else
+               f"it is nowhere nearer the real text than {decoding}."))
     return " ".join(out)
 
 
