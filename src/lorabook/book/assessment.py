@@ -51,4 +51,4 @@ def excerpt(text: str, n_words: int = 30) -> str:
 # The verdicts of the recipe sweep (chapter 3) and the conclusion (chapter 5)
 # live in book.verdicts; the chapters reach them through this module.
 from lorabook.book.verdicts import (_recipe_matches, conclusion,  # noqa: E402,F401
-                                    paired_verdict, recipe_verdict)
+                                    nearer_on, paired_verdict, recipe_verdict)

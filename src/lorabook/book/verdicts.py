@@ -18,6 +18,18 @@ def paired_verdict(diff: float, ci: list, better: str, worse: str,
     return unclear
 
 
+def nearer_on(o: dict, d: dict) -> list[str]:
+    """The measures on which decoding `o` of the recipe sweep beats `d`:
+    "era" (higher balanced accuracy), "voice" and "length" (nearer the
+    real text's we-share and mean length)."""
+    def gap(v, k):
+        return abs(v[k] - v["real_" + k])
+    return [what for what, yes in (
+        ("era", o["era_balanced"] > d["era_balanced"]),
+        ("voice", gap(o, "we_share") < gap(d, "we_share")),
+        ("length", gap(o, "mean_words") < gap(d, "mean_words"))) if yes]
+
+
 def _recipe_matches(fields: dict, cfg) -> bool:
     for k, v in fields.items():
         mine = getattr(cfg, k)
@@ -83,12 +95,7 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
         f"{pct(d['base_we_share'])} (the interval holds zero)."))
     others = {k: v for k, v in r["decodings"].items() if k != decoding}
     for name, o in others.items():
-        better = [what for what, yes in (
-            ("era", o["era_balanced"] > d["era_balanced"]),
-            ("voice", abs(o["we_share"] - o["real_we_share"])
-             < abs(d["we_share"] - d["real_we_share"])),
-            ("length", abs(o["mean_words"] - o["real_mean_words"])
-             < abs(d["mean_words"] - d["real_mean_words"]))) if yes]
+        better = nearer_on(o, d)
         out.append(
             f"With {name} the same adapter scores {pct(o['era_balanced'])} "
             f"on the era and {pct(o['we_share'])} in the first person, and "
@@ -172,16 +179,16 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
             + " The first person is only the surface of the voice; my "
             "readings above judge the rest."))
         lines.append(_goal(
-            "Era", True if pe["ci_low"] > 0 else
-            "unshown" if pe["ci_high"] >= 0 else False,
+            "Era", paired_verdict(pe["difference"], [pe["ci_low"], pe["ci_high"]],
+                                  True, False, "unshown"),
             f"The era judge places {pct(pe['a'])} of the fine-tuned "
             f"continuations in their era (balanced accuracy) against "
             f"{pct(pe['b'])} for the instructed base model, a difference of "
             f"{pct_diff(pe['a'], pe['b'])} (paired 95% interval "
             f"{100 * pe['ci_low']:+.0f} to {100 * pe['ci_high']:+.0f}"
-            + ("; it lies above zero" if pe["ci_low"] > 0 else
-               "; it holds zero, so the gain is not shown" if pe["ci_high"] >= 0
-               else "; it lies below zero")
+            + paired_verdict(pe["difference"], [pe["ci_low"], pe["ci_high"]],
+                             "; it lies above zero", "; it lies below zero",
+                             "; it holds zero, so the gain is not shown")
             + f"). On the real continuations the judge manages "
             f"{pct(st['real']['balanced'])}: a generation can reach that "
             "only by reading as much like its era as the real text does."))
