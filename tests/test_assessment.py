@@ -38,6 +38,13 @@ def test_conclusion_verdicts_follow_the_intervals():
     assert "**Form (length within a fifth of the real): reached.**" in text
     assert "**Prediction: reached.**" in text and "No measure above falls short" in text
     assert "part of both perplexities is recall" in text
+    res = _res((0.02, 0.2), (0.05, 0.3))
+    res["test"]["base_instructed"] = dict(perplexity=35.0, ci_low=33.0, ci_high=37.0)
+    text = A.conclusion(res, m, None, None)
+    assert "**Prediction: reached.**" in text and "clear of that one too" in text
+    res["test"]["base_instructed"] = dict(perplexity=31.0, ci_low=29.0, ci_high=33.0)
+    text = A.conclusion(res, m, None, None)
+    assert "**Prediction: not shown.**" in text and "task's form alone" in text
     text = A.conclusion(_res((-0.1, 0.2), (-0.3, -0.05), words=20.0), m, None, None)
     # Era: the interval holds zero; voice: it lies below zero.
     assert "**Voice: not reached.**" in text and "**Era: not shown.**" in text

@@ -323,7 +323,13 @@ def test_cleaning_table_kinds_and_shown_removal():
     assert [(r["rule"], r["kind"]) for r in rows] == [
         ("dashes", "normalised"), ("footnote", "removed"),
         ("page_marker", "removed")]
+    # whole words either side, never a word cut in two
     assert D.shown_removal(rows[2]["example"]) == \
-        "\u2026 before the cut \u27e6[Page 12]\u27e7\u2026"
+        "\u2026before the cut \u27e6[Page 12]\u27e7 after"
     long = D.shown_removal(rows[1]["example"])
-    assert long.endswith("n" * 60 + "\u2026\u27e7\u2026")
+    assert long.endswith("n" * 60 + "\u2026\u27e7 y")
+    words = "\u2026" + " ".join(["word"] * 20) + "\u27e6 \u27e7" + " ".join(["next"] * 9)
+    assert D.shown_removal(words) == "\u2026word word word\u27e6a space\u27e7next next\u2026"
+    # invisible or inserted characters are named, not printed
+    assert D.shown_removal("peace.\u27e6\u27e7We") == "peace.\u27e6space added\u27e7We"
+    assert D.shown_removal("4 1\u27e6\x02\u27e7 per") == "4 1\u27e6U+0002\u27e7 per"

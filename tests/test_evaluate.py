@@ -267,6 +267,31 @@ def test_few_shot_uses_the_nearest_year_and_chat_turns(tokenizer):
         G.chat_ids(turns[:2], tokenizer)
 
 
+def test_instructed_perplexity_scores_the_same_response_tokens(
+        scored, tokenizer, tiny_cfg):
+    """The base model told the task is scored on exactly the tokens the
+    bare-prompt perplexity scores; only the prompt before them changes."""
+    model, ds, _ = scored
+    samples = [_sample(i, y, opening=o) for i, (y, o) in enumerate(
+        [(1790, "Hello there."), (1861, "The war goes on."),
+         (2021, "America is back.")])]
+    ds = ds.add_column("id", [s["id"] for s in samples])
+    train = [_sample(9, 1800, response="We are at peace.")]
+    told = G.instructed_dataset(ds, samples, train, tokenizer)
+    for a, b in zip(ds, told):
+        resp = [t for t in a["labels"] if t != -100]
+        assert [t for t in b["labels"] if t != -100] == resp
+        assert b["input_ids"][-len(resp):] == resp
+        text = tokenizer.decode(b["input_ids"][:-len(resp)])
+        assert "We are at peace." in text and "State of the Union" in text
+    out = E.score_split(model, ds, P.collator(tokenizer), tiny_cfg,
+                        instructed=told)
+    assert set(out) >= {"base", "base_instructed", "finetuned"}
+    assert out["base_instructed"]["perplexity"] != out["base"]["perplexity"]
+    lo, hi = out["base_instructed"]["ci_low"], out["base_instructed"]["ci_high"]
+    assert lo <= out["base_instructed"]["perplexity"] <= hi
+
+
 @pytest.mark.slow
 def test_evaluate_run_refuses_data_that_no_longer_gives_the_split(
         tiny_cfg, tiny_run, tmp_path, monkeypatch):

@@ -51,3 +51,9 @@ def test_wrap_keeps_line_breaks_and_width():
 def test_long_table_may_break_across_pages():
     text = report.table([dict(a=1)], caption="A.", long=True).data
     assert ":class: longtable" in text.splitlines()[1:3]
+
+
+def test_counts_get_thousands_separators_and_years_do_not():
+    text = report.table([dict(passages=13400, year=1861, steps=96)]).data
+    row = [c.strip() for c in text.splitlines()[2].split("|")[1:4]]
+    assert row == ["13,400", "1861", "96"]

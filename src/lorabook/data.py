@@ -377,16 +377,42 @@ NORMALISING_RULES = {"dashes", "quotes", "ellipsis", "whitespace",
                      "missing_space", "control_chars", "editorial_insertion"}
 
 
-def shown_removal(example: str, before: int = 16, most: int = 60) -> str:
-    """A cleaning example cut to a few characters of context and the
-    removed text (up to `most` characters) between its brackets ⟦ ⟧."""
-    ex = example.strip("\u2026")
+def _visible(cut: str) -> str:
+    """What a cleaning rule took out, readable in print: an inserted space
+    (nothing removed) or invisible characters are named, not printed."""
+    if cut == "":
+        return "space added"
+    if all(not c.isprintable() or c.isspace() for c in cut):
+        if set(cut) == {" "}:
+            return f"{len(cut)} spaces" if len(cut) > 1 else "a space"
+        return " ".join(f"U+{ord(c):04X}" for c in cut)
+    return cut
+
+
+def shown_removal(example: str, before: int = 18, after: int = 14,
+                  most: int = 60) -> str:
+    """A cleaning example: a few whole words before and after, and the
+    removed text (up to `most` characters, invisible ones named) between
+    its brackets ⟦ ⟧."""
+    ex = example.strip("\u2026").strip(".") if example.startswith(
+        ("...", "\u2026")) else example
+    ex = ex.rstrip("\u2026")
+    ex = ex[:-3] if ex.endswith("...") else ex
     i, j = ex.find("\u27e6"), ex.find("\u27e7")
     if i < 0 or j < i:
         return ex[:most] + "\u2026"
-    cut = ex[i + 1:j]
-    cut = cut if len(cut) <= most else cut[:most] + "\u2026"
-    return "\u2026" + ex[max(0, i - before):i] + "\u27e6" + cut + "\u27e7\u2026"
+    cut = _visible(ex[i + 1:j])
+    cut = cut if len(cut) <= most else cut[:most].rsplit(" ", 1)[0] + "\u2026"
+    left, right = ex[:i], ex[j + 1:]
+    if len(left) > before:                      # start at a whole word
+        left = left[-before:]
+        left = left.split(" ", 1)[1] if " " in left[1:] else left
+        left = "\u2026" + left
+    if len(right) > after:                      # end at a whole word
+        right = right[:after]
+        right = right.rsplit(" ", 1)[0] if " " in right[1:-1] else right
+        right = right + "\u2026"
+    return left + "\u27e6" + cut + "\u27e7" + right
 
 
 def cleaning_table(report: dict) -> list[dict]:

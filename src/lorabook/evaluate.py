@@ -25,7 +25,8 @@ from lorabook.config import Config, LorabookError
 from lorabook.speed.int8cpu import dequantized_for_inference
 from lorabook.generation import (DECODING, DECODING_ALTERNATIVES, DECODING_NAME,
                                  chat_ids, describe_decoding, few_shot,
-                                 generate, instructed_prompt)
+                                 generate, instructed_dataset,
+                                 instructed_prompt)
 from lorabook.memorization import memorization_check
 from lorabook.sotu.era import ERA_BOUNDS, era_judge, stratified_by_era
 from lorabook.sotu.prompts import NEW_PROMPTS, is_sotu, new_prompt_text
@@ -124,18 +125,11 @@ def shifted_logits(model, dataset, collator, batch_size: int = 16):
 
 @torch.no_grad()
 def response_nll(model, dataset, collator, batch_size: int = 16):
-    """Per-example summed NLL of the learned tokens, and their counts.
-
-    Summing per example (not averaging per batch) makes the split's
-    perplexity independent of batch size and padding.
-
-    Only the work the answer needs is done: samples are batched longest
-    first (little padding), the LM head and softmax run only at labelled
-    positions (as in training, `speed.label_only`), and 8-bit layers
-    are de-quantized once per call. The result is the same as scoring full
-    logits in corpus order (a test checks it); a model without the usual
-    decoder/head split takes that plain path.
-    """
+    """Per-example summed NLL of the learned tokens, and their counts:
+    summed per example, so the perplexity does not depend on batch size or
+    padding. Batched longest first; the output layer runs at the labelled
+    positions only (`speed.label_only`). Same result as full logits in
+    corpus order (`test_fast_response_nll_equals_full_logits`)."""
     parts = backbone_and_head(model)
     if parts is None:
         return _response_nll_plain(model, dataset, collator, batch_size)
@@ -186,13 +180,24 @@ def bootstrap_ci(sums, counts, n_boot: int = 1000, seed: int = 0,
     return float(lo), float(hi)
 
 
-def score_split(model, dataset, collator, cfg: Config, seed: int = 0) -> dict:
-    """Base and fine-tuned perplexity with 95% CIs on the same tokens."""
+def score_split(model, dataset, collator, cfg: Config, seed: int = 0,
+                instructed=None) -> dict:
+    """Base and fine-tuned perplexity with 95% CIs on the same tokens, and
+    the base model's when told the task (`instructed`, from
+    `instructed_dataset`), if given."""
     out = {}
     with model.disable_adapter():
         base = response_nll(model, dataset, collator, cfg.eval_batch_size)
+        told = None if instructed is None else response_nll(
+            model, instructed, collator, cfg.eval_batch_size)
     tuned = response_nll(model, dataset, collator, cfg.eval_batch_size)
-    for name, (s, c) in (("base", base), ("finetuned", tuned)):
+    if told is not None and not np.array_equal(told[1], base[1]):
+        raise LorabookError("the instructed prompts changed the scored "
+                            "response tokens")
+    scored = [("base", base), ("finetuned", tuned)]
+    if told is not None:
+        scored.insert(1, ("base_instructed", told))
+    for name, (s, c) in scored:
         lo, hi = bootstrap_ci(s, c, cfg.bootstrap_samples, seed)
         out[name] = dict(perplexity=perplexity(s.sum(), c.sum()),
                          ci_low=lo, ci_high=hi, nll=float(s.sum()))
@@ -394,7 +399,7 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
 
 # Bumped when what evaluate_run computes changes, so a cached eval.json of
 # an older version is recomputed.
-EVAL_VERSION = 5
+EVAL_VERSION = 6
 
 
 def evaluate_run(cfg: Config, run: T.Run | None = None, *,
@@ -423,9 +428,11 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
     if verbose:
         print("Scoring test and validation perplexity ...", flush=True)
     result = dict(config_hash=cfg.hash(), eval_version=EVAL_VERSION)
-    result["test"] = score_split(model, enc.splits["test"], collator, cfg)
-    result["validation"] = score_split(model, enc.splits["validation"],
-                                       collator, cfg)
+    for name in ("test", "validation"):
+        told = instructed_dataset(enc.splits[name], splits[name],
+                                  splits["train"], tokenizer)
+        result[name] = score_split(model, enc.splits[name], collator, cfg,
+                                   instructed=told)
 
     all_samples = P.config_samples(cfg, min_samples=1)
     full = P.full_splits(cfg)
@@ -449,6 +456,7 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
                                       result["test"]["finetuned"]["ci_high"]],
         base_test_perplexity_ci=[result["test"]["base"]["ci_low"],
                                  result["test"]["base"]["ci_high"]],
+        base_instructed_test_perplexity=result["test"]["base_instructed"]["perplexity"],
         test_response_tokens=result["test"]["tokens"],
         base_val_perplexity=result["validation"]["base"]["perplexity"],
         finetuned_val_perplexity=result["validation"]["finetuned"]["perplexity"],

@@ -160,3 +160,23 @@ def few_shot(prompt: str, train: list[dict]) -> list[str]:
         ex = train[0]
     return [instructed_prompt(ex["prompt"]), ex["response"],
             instructed_prompt(prompt)]
+
+
+def instructed_dataset(dataset, samples: list[dict], train: list[dict],
+                       tokenizer):
+    """The same examples with the instructed base model's chat (the task
+    said, one worked example: `few_shot`) in place of the bare prompt.
+
+    The response tokens, and so what perplexity scores, are unchanged; only
+    what comes before them differs.
+    """
+    from datasets import Dataset
+    by_id = {s["id"]: s for s in samples}
+    rows = []
+    for ex in dataset:
+        response = [t for t in ex["labels"] if t != -100]
+        p = chat_ids(few_shot(by_id[ex["id"]]["prompt"], train), tokenizer)
+        rows.append(dict(input_ids=p + response,
+                         attention_mask=[1] * (len(p) + len(response)),
+                         labels=[-100] * len(p) + response))
+    return Dataset.from_list(rows)

@@ -74,8 +74,9 @@ def table(rows, floatfmt: str = ".3f", index: bool = False,
         if pd.api.types.is_float_dtype(df[c]):
             df[c] = df[c].map(lambda v: format(v, floatfmt))
             align.append("right")
-        elif pd.api.types.is_numeric_dtype(df[c]):
-            df[c] = df[c].map(str)
+        elif pd.api.types.is_numeric_dtype(df[c]):     # counts: "13,400"
+            df[c] = df[c].map(str if "year" in str(c).lower() else
+                              (lambda v: f"{v:,}"))
             align.append("right")
         elif c in code:
             df[c] = df[c].map(lambda v: "`" + str(v).replace("`", "'")
