@@ -93,11 +93,11 @@ def test_conclusion_reads_epoch_ends_only():
               (3.0, 3.18))]
     rs = dict(recipes={"r": dict(val_loss_by_epoch=evals, best_val_loss=3.15)})
     text = A.conclusion(_res((0.02, 0.2), (0.05, 0.3)), m, rs, None)
-    assert ("lowest before the last epoch with \u201cr\u201d (lowest after "
-            "epoch 2 of 3, then up by 0.03)") in text
+    assert ("lowest before the last epoch with \u201cr\u201d (epoch ends "
+            "3.170, 3.150, 3.180: lowest after epoch 2 of 3, then up by 0.03)") in text
     evals[-1]["eval_loss"] = 3.10                    # still falling at epoch 3
     text = A.conclusion(_res((0.02, 0.2), (0.05, 0.3)), m, rs, None)
-    assert "may help with \u201cr\u201d (lowest after epoch 3 of 3)" in text
+    assert "may help with \u201cr\u201d (epoch ends 3.170, 3.150, 3.100: lowest after epoch 3 of 3)" in text
 
 
 def test_pct_diff_is_the_difference_of_the_printed_percentages():

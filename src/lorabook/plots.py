@@ -63,35 +63,3 @@ def loss_curve(log_history: list, base_val_loss: float):
     fig.tight_layout()
     plt.close(fig)
     return fig
-
-
-def perplexity_bars(result: dict):
-    """Base (bare, instructed if scored) vs fine-tuned perplexity per split,
-    with 95% bootstrap CIs."""
-    _theme()
-    fig, ax = plt.subplots(figsize=(6, 2.6))
-    colors = {"base": "#8c8c8c", "base_instructed": "#c4c4c4",
-              "finetuned": "#4c72b0"}
-    labels = {"base": "base, bare prompt", "base_instructed": "base, instructed",
-              "finetuned": "fine-tuned"}
-    splits = ["validation", "test"]
-    models = [m for m in colors if m in result[splits[0]]]
-    width = 0.8 / len(models)
-    for j, model in enumerate(models):
-        xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(splits))]
-        vals = [result[s][model]["perplexity"] for s in splits]
-        lo = [v - result[s][model]["ci_low"] for s, v in zip(splits, vals)]
-        hi = [result[s][model]["ci_high"] - v for s, v in zip(splits, vals)]
-        ax.bar(xs, vals, width, yerr=[lo, hi], capsize=4, color=colors[model],
-               label=labels[model])
-        for x, v, h in zip(xs, vals, hi):
-            label = f"{v:,.0f}" if v >= 100 else f"{v:.1f}"   # <= 4 digits
-            ax.text(x, v + h + 0.5, label, ha="center", va="bottom",
-                    fontsize=8)
-    ax.set_xticks(range(len(splits)), splits)
-    ax.set_ylabel("perplexity (response tokens)")
-    ax.legend(fontsize=8)
-    ax.margins(y=0.15)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig

@@ -56,8 +56,13 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
     out = [f"I train with the recipe \u201c{chosen}\u201d and decode with "
            f"{decoding}."]
     if lowest == chosen:
+        gaps = [v["best_val_loss"] - r["best_val_loss"]
+                for n, v in recipes.items() if n != chosen]
         out.append(f"Its validation loss, {fmt(r['best_val_loss'], 4)}, is "
-                   "the lowest of the recipes tried.")
+                   "the lowest of the recipes tried"
+                   + (f", by {min(gaps):.3f} (one seed per recipe, so a "
+                      "margin this small does not rank them)"
+                      if gaps and min(gaps) < 0.02 else "") + ".")
     else:
         out.append(f"Its validation loss, {fmt(r['best_val_loss'], 4)}, is "
                    f"{fmt(r['best_val_loss'] - recipes[lowest]['best_val_loss'], 2)}"
@@ -151,8 +156,8 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                   f"{pct(bc['share_prefix_k'])} of the control passages, "
                   + ("so part of both perplexities is recall of text it has "
                      "seen." if br["share_prefix_k"] > bc["share_prefix_k"] + 0.05
-                     else "so neither perplexity is lowered by recall of memorised "
-                     "text."))
+                     else "so this test finds no word-for-word recall lowering "
+                     "either perplexity."))
     told_text = "" if told is None else (
         f" Told the task with an instruction and a worked example, the base "
         f"model reaches {fmt(told['perplexity'], 4)}; "
@@ -250,8 +255,10 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                   if float(e.get("epoch", 0)).is_integer()]
             if len(ev) > 1:
                 k = min(range(len(ev)), key=lambda i: ev[i]["eval_loss"])
-                where = (f"\u201c{name}\u201d (lowest after epoch "
-                         f"{int(ev[k]['epoch'])} of {int(ev[-1]['epoch'])}")
+                ends = ", ".join(f"{e['eval_loss']:.3f}" for e in ev)
+                where = (f"\u201c{name}\u201d (epoch ends {ends}: lowest "
+                         f"after epoch {int(ev[k]['epoch'])} of "
+                         f"{int(ev[-1]['epoch'])}")
                 if k < len(ev) - 1:
                     rising.append(where + ", then up by "
                                   f"{ev[-1]['eval_loss'] - ev[k]['eval_loss']:.2f})")
