@@ -381,7 +381,7 @@ def load_trained_model(cfg: Config, adapter_dir: str | os.PathLike,
     """A fresh base with a saved adapter loaded onto it, for inference."""
     # Adapted from the PEFT docs on loading a saved adapter
     # (PeftModel.from_pretrained(base, adapter_dir)): the base loaded as in
-    # training (8-bit or not), the speed layer's functions applied again.
+    # training (8-bit or not), the CPU speed-ups of training applied again.
     from peft import PeftModel
     base = load_base_model(cfg, quantize=quantize)
     model = PeftModel.from_pretrained(base, str(adapter_dir))

@@ -335,7 +335,7 @@ def fit(cfg: Config, out: Path, model, tokenizer, train_ds, val_ds, *,
     else:
         base_loss = trainer.evaluate()["eval_loss"]
         write_json(base, {"eval_loss": base_loss})
-    allow_ddp_wrap(trainer)          # several processes only (torchrun)
+    allow_ddp_wrap(trainer)          # only when training on several GPUs
     checkpoint = resume and any((out / "checkpoints").glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if checkpoint else None)
     if is_main_process():
