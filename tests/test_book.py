@@ -74,7 +74,8 @@ def test_pdf_exists_with_figures(built):
     pdf = built / "latex" / "lorabook.pdf"
     assert pdf.is_file() and pdf.stat().st_size > 50_000
     tex = (built / "latex" / "lorabook.tex").read_text()
-    assert tex.count("\\sphinxincludegraphics") >= 4       # figures made it in
+    # figures made it in: passages per decade, token lengths, the loss curve
+    assert tex.count("\\sphinxincludegraphics") >= 3
     assert "\\begin{tabulary}" in tex or "\\begin{longtable}" in tex
     assert "<Figure size" not in tex
 
