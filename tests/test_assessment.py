@@ -45,6 +45,9 @@ def test_conclusion_verdicts_follow_the_intervals():
     res["test"]["base_instructed"] = dict(perplexity=31.0, ci_low=29.0, ci_high=33.0)
     text = A.conclusion(res, m, None, None)
     assert "**Prediction: not shown.**" in text and "task's form alone" in text
+    res["test"]["base_instructed"] = dict(perplexity=20.0, ci_low=18.0, ci_high=22.0)
+    text = A.conclusion(res, m, None, None)
+    assert "**Prediction: not reached.**" in text and "not fine-tuning" in text
     text = A.conclusion(_res((-0.1, 0.2), (-0.3, -0.05), words=20.0), m, None, None)
     # Era: the interval holds zero; voice: it lies below zero.
     assert "**Voice: not reached.**" in text and "**Era: not shown.**" in text

@@ -332,4 +332,6 @@ def test_cleaning_table_kinds_and_shown_removal():
     assert D.shown_removal(words) == "\u2026word word word\u27e6a space\u27e7next next\u2026"
     # invisible or inserted characters are named, not printed
     assert D.shown_removal("peace.\u27e6\u27e7We") == "peace.\u27e6space added\u27e7We"
+    # the context's own full stop is kept, only the "..." marks go
+    assert D.shown_removal("...a b.\u27e6[1]\u27e7 c d....") == "a b.\u27e6[1]\u27e7 c d."
     assert D.shown_removal("4 1\u27e6\x02\u27e7 per") == "4 1\u27e6U+0002\u27e7 per"

@@ -394,10 +394,9 @@ def shown_removal(example: str, before: int = 18, after: int = 14,
     """A cleaning example: a few whole words before and after, and the
     removed text (up to `most` characters, invisible ones named) between
     its brackets ⟦ ⟧."""
-    ex = example.strip("\u2026").strip(".") if example.startswith(
-        ("...", "\u2026")) else example
-    ex = ex.rstrip("\u2026")
-    ex = ex[:-3] if ex.endswith("...") else ex
+    ex = example                 # the "..." or "…" that mark its context
+    for mark in ("...", "\u2026"):
+        ex = ex.removeprefix(mark).removesuffix(mark)
     i, j = ex.find("\u27e6"), ex.find("\u27e7")
     if i < 0 or j < i:
         return ex[:most] + "\u2026"

@@ -158,15 +158,24 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                      "seen." if br["share_prefix_k"] > bc["share_prefix_k"] + 0.05
                      else "so this test finds no word-for-word recall lowering "
                      "either perplexity."))
+    # Against the instructed base: clear of it, overlapping it, or above it.
+    told_overlaps = not told_apart and f["ci_low"] <= told["ci_high"]
     told_text = "" if told is None else (
         f" Told the task with an instruction and a worked example, the base "
         f"model reaches {fmt(told['perplexity'], 4)}; "
         + ("the fine-tuned model's interval is clear of that one too."
            if told_apart else "the fine-tuned model's interval overlaps "
-           "that one, so the drop may be the task's form alone."))
+           "that one, so the drop may be the task's form alone."
+           if told_overlaps else "that is lower than the fine-tuned "
+           "model's, so the drop is the task's form, not fine-tuning."))
+    if not apart:
+        predicted = False
+    elif told_apart:
+        predicted = True
+    else:
+        predicted = "unshown" if told_overlaps else False
     lines.append(_goal(
-        "Prediction", (apart and told_apart) or (
-            "unshown" if apart and f["ci_low"] <= told["ci_high"] else False),
+        "Prediction", predicted,
         f"Test perplexity fell from {fmt(b['perplexity'], 4)} (base model, "
         f"bare prompt) to {fmt(f['perplexity'], 4)}; the 95% intervals "
         + ("do not overlap." if apart else "overlap.") + told_text + recall))
