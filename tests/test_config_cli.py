@@ -147,6 +147,14 @@ def test_run_commands_use_the_runs_own_config(tmp_path, monkeypatch, capsys,
     assert seen[0][0] == cfg.replace(data_path="elsewhere.jsonl")
     assert main([command, "--run", str(run), "--preset", "tiny", *extra]) == 2
     assert "either --run or --config" in capsys.readouterr().err
+    # --set changes an evaluation setting of the run, never a training one.
+    seen.clear()
+    assert main([command, "--run", str(run), "--set", "n_metric_prompts=7",
+                 *extra]) == 0
+    assert seen[0][0] == cfg.replace(n_metric_prompts=7)
+    seen.clear()
+    assert main([command, "--run", str(run), "--set", "epochs=9", *extra]) == 2
+    assert "not epochs" in capsys.readouterr().err and not seen
 
 
 def test_run_config_reads_what_train_writes(tmp_path):

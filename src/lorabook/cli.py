@@ -82,6 +82,17 @@ def _run_config(args, run):
     for k in ("data_path", "model_name"):
         if getattr(args, k, None) is not None:
             d[k] = getattr(args, k)
+    # --set may change what only the evaluation reads; a training field
+    # would describe another run than the one in DIR.
+    from lorabook.config import EVALUATION_FIELDS
+    extra = _set_values(getattr(args, "set", None) or [])
+    wrong = sorted(set(extra) - EVALUATION_FIELDS)
+    if wrong:
+        raise LorabookError(
+            f"--run uses the run's own training settings; --set may change "
+            f"only {', '.join(sorted(EVALUATION_FIELDS))}, not "
+            f"{', '.join(wrong)}")
+    d.update(extra)
     try:
         return Config(**d)
     except TypeError as e:
