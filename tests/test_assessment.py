@@ -85,6 +85,18 @@ def test_recipe_verdict_names_the_build_recipe_and_flips():
     text = A.recipe_verdict(rs, cfg, decoding="d")
     assert "does worse than the instructed base" in text
     assert "not reliably closer" in text
+    # Other decodings: each one's wins and losses are named, and the choice
+    # is kept only while every other decoding trails on two of three.
+    rs["recipes"]["mine"]["decodings"]["e"] = dict(
+        dec, era_balanced=0.75, we_share=0.2, mean_words=30.0)
+    text = A.recipe_verdict(rs, cfg, decoding="d")
+    assert "nearer the real text on era, but not on voice and length" in text
+    assert "I keep d because every other decoding is behind it" in text
+    rs["recipes"]["mine"]["decodings"]["e"] = dict(
+        dec, era_balanced=0.75, we_share=0.44, mean_words=30.0)
+    text = A.recipe_verdict(rs, cfg, decoding="d")
+    assert "nearer the real text on era and voice, but not on length" in text
+    assert "these numbers do not support d" in text and "I keep" not in text
 
 
 def test_conclusion_reads_epoch_ends_only():
@@ -108,3 +120,11 @@ def test_pct_diff_is_the_difference_of_the_printed_percentages():
     assert A.pct(0.6354) == "64%" and A.pct(0.5417) == "54%"
     assert A.pct_diff(0.6354, 0.5417) == "+10 points"
     assert A.pct_diff(0.2, 0.25) == "-5 points"
+
+
+def test_drop_share_on_both_scales():
+    # 38.99 -> 33.54 -> 24.39: 37% of the perplexity fall, 32% in nats.
+    text = A.drop_share(38.99, 33.54, 24.39)
+    assert text == ("37% of the fall in perplexity "
+                    "(32% of the fall in mean loss)")
+    assert A.drop_share(40.0, 20.0, 10.0).startswith("67% of the fall in perplexity (50%")

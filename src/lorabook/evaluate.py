@@ -159,6 +159,8 @@ def response_nll(model, dataset, collator, batch_size: int = 16):
 
 
 def _response_nll_plain(model, dataset, collator, batch_size: int):
+    """Per-sample NLL sums and token counts from the full logits (the path
+    for models without a separate LM head)."""
     sums, counts = [], []
     for _, target, logits in shifted_logits(model, dataset, collator, batch_size):
         nll = torch.nn.functional.cross_entropy(

@@ -125,6 +125,7 @@ def check_learned_tokens(dataset) -> float:
 
 def _check_padding(padding: str, max_length: int | None,
                    multiple_of: int | None) -> None:
+    """An `error:` for a padding setting the collator cannot follow."""
     if padding not in ("longest", "max_length"):
         raise LorabookError(
             f"padding must be 'longest' or 'max_length', got {padding!r}")

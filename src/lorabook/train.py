@@ -45,6 +45,7 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_json(path: Path):
+    """The JSON value stored in a file."""
     return json.loads(Path(path).read_text())
 
 
@@ -197,6 +198,7 @@ def trainer_class():
 
 
 def micro_batch(cfg: Config) -> int:
+    """Samples per forward pass: `micro_batch_size`, or the whole batch."""
     return cfg.micro_batch_size or cfg.batch_size
 
 

@@ -42,6 +42,16 @@ def pct_diff(a: float, b: float) -> str:
     return f"{round(100 * a) - round(100 * b):+d} points"
 
 
+def drop_share(start: float, mid: float, end: float) -> str:
+    """How much of the fall in perplexity from `start` to `end` the step
+    to `mid` makes, on the perplexity scale and on the log scale (the mean
+    loss in nats), which weigh the same fall differently."""
+    ppl = (start - mid) / (start - end)
+    nats = (math.log(start) - math.log(mid)) / (math.log(start) - math.log(end))
+    return (f"{100 * ppl:.0f}% of the fall in perplexity "
+            f"({100 * nats:.0f}% of the fall in mean loss)")
+
+
 def excerpt(text: str, n_words: int = 30) -> str:
     """The first `n_words` words of a text, "…" if cut."""
     ws = (text or "").split()

@@ -99,17 +99,30 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
         f"{pct(d['real_we_share'])} than the base model's "
         f"{pct(d['base_we_share'])} (the interval holds zero)."))
     others = {k: v for k, v in r["decodings"].items() if k != decoding}
+    ahead_of_all = True
     for name, o in others.items():
         better = nearer_on(o, d)
+        worse = [m for m in ("era", "voice", "length") if m not in better]
+        ahead_of_all &= len(worse) >= 2
         out.append(
             f"With {name} the same adapter scores {pct(o['era_balanced'])} "
             f"on the era and {pct(o['we_share'])} in the first person, and "
             f"writes {fmt(o['mean_words'])} words against "
             f"{fmt(d['mean_words'])} with {decoding} (real: "
             f"{fmt(o['real_mean_words'])}); "
-            + (f"it is nearer the real text than {decoding} on "
-               f"{', '.join(better)}." if better else
-               f"it is nowhere nearer the real text than {decoding}."))
+            + (f"it is nowhere nearer the real text than {decoding}." if not
+               better else
+               f"it is nearer the real text than {decoding} on all three "
+               "measures." if not worse else
+               f"it is nearer the real text on {' and '.join(better)}, but "
+               f"not on {' and '.join(worse)}."))
+    if others:
+        out.append(
+            f"I keep {decoding} because every other decoding is behind it on "
+            "at least two of the three measures (era, voice, length)."
+            if ahead_of_all else
+            "Another decoding is nearer the real text on at least two of "
+            f"the three measures, so these numbers do not support {decoding}.")
     return " ".join(out)
 
 

@@ -298,6 +298,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 def n_words(text: str) -> int:
+    """Number of words (runs of non-space characters)."""
     return len(text.split())
 
 
