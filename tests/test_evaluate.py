@@ -155,6 +155,29 @@ def test_generation_batched_and_stops(scored, tokenizer):
     assert all(g["n_tokens"] <= 5 for g in a)
 
 
+def test_generation_batches_bounded_by_positions(scored, tokenizer,
+                                                monkeypatch):
+    """max_positions splits the prompts into batches of at most that many
+    rows x (longest prompt + new tokens); each prompt is answered once, in
+    order."""
+    model, _, _ = scored
+    prompts = [f"Prompt number {i}." for i in range(5)]
+    longest = max(len(G.P.prompt_ids(p, tokenizer)) for p in prompts) + 4
+    rows, real = [], model.generate
+
+    def generate(input_ids, **kw):
+        rows.append(input_ids.shape[0])
+        return real(input_ids=input_ids, **kw)
+    monkeypatch.setattr(model, "generate", generate)
+    g = G.generate(model, tokenizer, prompts, max_new_tokens=4,
+                   batch_size=len(prompts), max_positions=2 * longest)
+    assert rows == [2, 2, 1] and len(g) == 5
+    rows.clear()
+    G.generate(model, tokenizer, prompts, max_new_tokens=4,
+               batch_size=len(prompts), max_positions=1)     # at least one row
+    assert rows == [1] * 5
+
+
 @pytest.mark.slow
 def test_evaluate_run_writes_metrics(tiny_cfg, tiny_run):
     res = E.evaluate_run(tiny_cfg, tiny_run, verbose=False)

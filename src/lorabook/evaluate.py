@@ -212,13 +212,24 @@ def score_split(model, dataset, collator, cfg: Config, seed: int = 0,
     return out
 
 
+# Token positions (rows x (longest prompt + new tokens)) in one generation
+# batch: SmolLM2-135M's KV cache holds 46 KB per position in fp32, so about
+# 0.9 GB. The bare prompts fit one batch; the instructed base model's long
+# ones (about 250 tokens) go in two.
+GEN_POSITIONS = 20_000
+
+
 def _timed(model, tokenizer, prompts, cfg, adapter: bool, **kw):
-    """Generations of one model (adapter on or off), and seconds spent."""
+    """Generations of one model (adapter on or off), and seconds spent.
+    The C heap's freed pages go back to the OS after each, so that one
+    stage's buffers do not add to the next one's peak."""
     t0 = time.time()
     ctx = contextlib.nullcontext() if adapter else model.disable_adapter()
     with ctx:
         out = generate(model, tokenizer, prompts, batch_size=len(prompts),
+                       max_positions=GEN_POSITIONS,
                        max_new_tokens=cfg.gen_max_new_tokens, **kw)
+    M.release_free_memory()
     return out, time.time() - t0
 
 
@@ -401,7 +412,7 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
 
 # Bumped when what evaluate_run computes changes, so a cached eval.json of
 # an older version is recomputed.
-EVAL_VERSION = 6
+EVAL_VERSION = 7
 
 
 def evaluate_run(cfg: Config, run: T.Run | None = None, *,
@@ -435,6 +446,7 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
                                   splits["train"], tokenizer)
         result[name] = score_split(model, enc.splits[name], collator, cfg,
                                    instructed=told)
+        M.release_free_memory()
 
     all_samples = P.config_samples(cfg, min_samples=1)
     full = P.full_splits(cfg)

@@ -65,12 +65,15 @@ def chat_ids(turns: list[str], tokenizer) -> list[int]:
 def generate(model, tokenizer, prompts: list, *, max_new_tokens: int,
              do_sample: bool = False, seed: int = 0, temperature: float = 0.8,
              top_p: float = 0.95, repetition_penalty: float = 1.0,
-             no_repeat_ngram_size: int = 0, batch_size: int = 64) -> list[dict]:
+             no_repeat_ngram_size: int = 0, batch_size: int = 64,
+             max_positions: int | None = None) -> list[dict]:
     """Batched generation with the KV cache; stops at EOS.
 
     8-bit layers are de-quantized once per call, not once per new token
     (`int8cpu.dequantized_for_inference`), and prompts go in batches of 64:
     on a CPU a decoding step of 64 rows costs little more than one of 16.
+    `max_positions` caps a batch's rows times (longest prompt +
+    `max_new_tokens`), which bounds the memory of its KV cache.
 
     A prompt is a string (formatted by `preprocess.prompt_ids`), a list of
     chat turns (`chat_ids`) or a list of token ids, used as they are.
@@ -89,13 +92,16 @@ def generate(model, tokenizer, prompts: list, *, max_new_tokens: int,
         kwargs["repetition_penalty"] = repetition_penalty
     if no_repeat_ngram_size:
         kwargs["no_repeat_ngram_size"] = no_repeat_ngram_size
+    all_ids = [P.prompt_ids(p, tokenizer) if isinstance(p, str)
+               else list(p) if p and isinstance(p[0], int)
+               else chat_ids(p, tokenizer) for p in prompts]
+    if max_positions and all_ids:
+        longest = max(map(len, all_ids)) + max_new_tokens
+        batch_size = max(1, min(batch_size, max_positions // longest))
     results = []
     with dequantized_for_inference(model):
         for i in range(0, len(prompts), batch_size):
-            chunk = [P.prompt_ids(p, tokenizer) if isinstance(p, str)
-                     else list(p) if p and isinstance(p[0], int)
-                     else chat_ids(p, tokenizer)
-                     for p in prompts[i:i + batch_size]]
+            chunk = all_ids[i:i + batch_size]
             width = max(map(len, chunk))
             ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c
                                 for c in chunk], device=M.device())
