@@ -25,7 +25,8 @@ Beside them, in subpackages:
                  rules and passage cutter, the prompt form, the era judge
     book         what only the book needs: the pitfall demonstrations, the
                  rule-written assessment, a bare loop for side-by-side runs,
-                 the Sphinx extension, the submission files
+                 the table of the listings' helpers, the Sphinx extension,
+                 the submission files
 
 `LAYERS` states the order; `tests/test_layout.py` reads every import of
 every module and checks it.
@@ -50,6 +51,7 @@ LAYERS = (
     ("plots",),
     ("report",),
     ("book", "book.loop", "book.quantization", "book.pitfalls", "book.leakage",
-     "book.assessment", "book.verdicts", "book.reading", "book.submission", "book.sphinx_ext"),
+     "book.assessment", "book.verdicts", "book.reading", "book.submission", "book.sphinx_ext",
+     "book.listings"),
     ("cli", "__main__"),
 )

@@ -159,8 +159,7 @@ def response_nll(model, dataset, collator, batch_size: int = 16):
 
 
 def _response_nll_plain(model, dataset, collator, batch_size: int):
-    """Per-sample NLL sums and token counts from the full logits (the path
-    for models without a separate LM head)."""
+    """Per-sample NLL sums and token counts from the full logits."""
     sums, counts = [], []
     for _, target, logits in shifted_logits(model, dataset, collator, batch_size):
         nll = torch.nn.functional.cross_entropy(
@@ -212,17 +211,14 @@ def score_split(model, dataset, collator, cfg: Config, seed: int = 0,
     return out
 
 
-# Token positions (rows x (longest prompt + new tokens)) in one generation
-# batch: SmolLM2-135M's KV cache holds 46 KB per position in fp32, so about
-# 0.9 GB. The bare prompts fit one batch; the instructed base model's long
-# ones (about 250 tokens) go in two.
+# Rows x (longest prompt + new tokens) of a generation batch: at 46 KB of
+# KV cache per position (SmolLM2-135M, fp32), about 0.9 GB.
 GEN_POSITIONS = 20_000
 
 
 def _timed(model, tokenizer, prompts, cfg, adapter: bool, **kw):
-    """Generations of one model (adapter on or off), and seconds spent.
-    The C heap's freed pages go back to the OS after each, so that one
-    stage's buffers do not add to the next one's peak."""
+    """Generations of one model (adapter on or off), and seconds spent;
+    then the heap's free pages go back, not to add to the next peak."""
     t0 = time.time()
     ctx = contextlib.nullcontext() if adapter else model.disable_adapter()
     with ctx:
@@ -328,7 +324,7 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
     n_metric = len(scored)
     show_at = shown_prompts(scored, cfg.n_generation_prompts)
     new = new_prompts(splits, all_samples)
-    items = scored + new              # one batch per model: all prompts
+    items = scored + new              # all prompts, in as few batches as fit
     bare = [s["prompt"] for s in items]
     told = [few_shot(p, train) for p in bare]
     if verbose:

@@ -83,7 +83,7 @@ def generate(model, tokenizer, prompts: list, *, max_new_tokens: int,
     """
     # Adapted from the transformers docs on batched generation (left-padded
     # prompts; attention_mask, pad_token_id and eos_token_id passed to
-    # model.generate): batches of 64, 8-bit layers de-quantized once per
+    # model.generate): bounded batches, 8-bit layers de-quantized once per
     # call, a seed per batch, each output cut at its EOS before decoding.
     model.eval()
     kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p,
