@@ -172,7 +172,7 @@ def _response_nll_plain(model, dataset, collator, batch_size: int):
 
 def bootstrap_ci(sums, counts, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of token-weighted perplexity, resampling examples."""
+    """Percentile interval of the token-weighted perplexity, resampling samples."""
     rng = np.random.default_rng(seed)
     n = len(sums)
     idx = rng.integers(0, n, size=(n_boot, n))
