@@ -25,8 +25,7 @@ Beside them, in subpackages:
                  rules and passage cutter, the prompt form, the era judge
     book         what only the book needs: the pitfall demonstrations, the
                  rule-written assessment, a bare loop for side-by-side runs,
-                 the table of the listings' helpers, the Sphinx extension,
-                 the submission files
+                 the Sphinx extension, the submission files
 
 `LAYERS` states the order; `tests/test_layout.py` reads every import of
 every module and checks it.
@@ -51,7 +50,6 @@ LAYERS = (
     ("plots",),
     ("report",),
     ("book", "book.loop", "book.quantization", "book.pitfalls", "book.leakage",
-     "book.assessment", "book.verdicts", "book.reading", "book.submission", "book.sphinx_ext",
-     "book.listings"),
+     "book.assessment", "book.verdicts", "book.reading", "book.submission", "book.sphinx_ext"),
     ("cli", "__main__"),
 )

@@ -59,7 +59,8 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
         gaps = [v["best_val_loss"] - r["best_val_loss"]
                 for n, v in recipes.items() if n != chosen]
         out.append(f"Its validation loss, {fmt(r['best_val_loss'], 4)}, is "
-                   "the lowest of the recipes tried"
+                   + ("the lower of the two recipes tried" if len(recipes) == 2
+                      else f"the lowest of the {len(recipes)} recipes tried")
                    + (f", by {min(gaps):.3f} (one seed per recipe, so a "
                       "margin this small does not rank them)"
                       if gaps and min(gaps) < 0.02 else "") + ".")
@@ -99,23 +100,28 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
         f"{pct(d['real_we_share'])} than the base model's "
         f"{pct(d['base_we_share'])} (the interval holds zero)."))
     others = {k: v for k, v in r["decodings"].items() if k != decoding}
-    ahead_of_all = True
+    ahead_of_all, scores, verdicts = True, [], []
     for name, o in others.items():
         better = nearer_on(o, d)
         worse = [m for m in ("era", "voice", "length") if m not in better]
         ahead_of_all &= len(worse) >= 2
+        scores.append(f"with {name} {pct(o['era_balanced'])} on the era, "
+                      f"{pct(o['we_share'])} in the first person and "
+                      f"{fmt(o['mean_words'])} words")
+        verdicts.append(
+            f"nowhere nearer the real text than {decoding}" if not better
+            else f"nearer the real text than {decoding} on all three "
+            "measures" if not worse else
+            f"nearer the real text on {' and '.join(better)}, but not on "
+            f"{' and '.join(worse)}")
+    if others:
         out.append(
-            f"With {name} the same adapter scores {pct(o['era_balanced'])} "
-            f"on the era and {pct(o['we_share'])} in the first person, and "
-            f"writes {fmt(o['mean_words'])} words against "
-            f"{fmt(d['mean_words'])} with {decoding} (real: "
-            f"{fmt(o['real_mean_words'])}); "
-            + (f"it is nowhere nearer the real text than {decoding}." if not
-               better else
-               f"it is nearer the real text than {decoding} on all three "
-               "measures." if not worse else
-               f"it is nearer the real text on {' and '.join(better)}, but "
-               f"not on {' and '.join(worse)}."))
+            "The same adapter scores " + "; ".join(scores)
+            + f" (with {decoding}: {fmt(d['mean_words'])} words; real: "
+            f"{fmt(next(iter(others.values()))['real_mean_words'])}). "
+            + (("Each is " if len(others) > 1 else "It is ") + verdicts[0] + "."
+               if len(set(verdicts)) == 1 else
+               " ".join(f"With {n}, it is {v}." for n, v in zip(others, verdicts))))
     if others:
         out.append(
             f"I keep {decoding} because every other decoding is behind it on "
@@ -140,11 +146,11 @@ SHARE_MATCH = 0.05
 
 def conclusion(res: dict, metrics: dict, rs: dict | None,
                small: dict | None) -> str:
-    """Chapter 1's goals answered with this build's numbers, what went
+    """The introduction's goals answered with this build's numbers, what went
     wrong and what would help, as Markdown. Every verdict is computed."""
     t, G, st = res["test"], res["generation"], res.get("style")
     F, R = G["finetuned"], G["reference"]
-    lines = ["Chapter 1 set three goals for the fine-tuned model: to "
+    lines = ["The introduction set three goals for the fine-tuned model: to "
              "predict real, held-out addresses better than the base model; "
              "to continue a passage in the voice of the address, a "
              "president speaking to Congress; and to write in the language "
@@ -154,7 +160,9 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
              "interval is clear of the base model's, bare and told the task (prediction) or when "
              "the paired 95% interval of its gain over the instructed base "
              "model lies above zero (voice, era); \u201cnot shown\u201d "
-             "means the interval holds zero:", ""]
+             "means the interval holds zero, and \u201cnot reached by "
+             "fine-tuning\u201d that the fine-tuned model is at the target "
+             "but the instructed base model is there too:", ""]
     b, f = t["base"], t["finetuned"]
     told = t.get("base_instructed")
     apart = f["ci_high"] < b["ci_low"]
@@ -169,8 +177,8 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                   f"{pct(bc['share_prefix_k'])} of the control passages, "
                   + ("so part of both perplexities is recall of text it has "
                      "seen." if br["share_prefix_k"] > bc["share_prefix_k"] + 0.05
-                     else "so this test finds no word-for-word recall lowering "
-                     "either perplexity."))
+                     else "so neither perplexity is lowered by recall of "
+                     "the addresses' exact words."))
     # Against the instructed base: clear of it, overlapping it, or above it.
     told_overlaps = not told_apart and f["ci_low"] <= told["ci_high"]
     told_text = "" if told is None else (
