@@ -47,10 +47,10 @@ ALPACA = "### Instruction:\n{prompt}\n\n### Response: {response}"
 
 # (name, how the full text is laid out, the response template searched for)
 TEMPLATE_CASES = (
-    ("ChatML, template '<|im_start|>assistant\\n'", "chatml",
+    ("ChatML, template ‘<|im_start|>assistant\\n’", "chatml",
      "<|im_start|>assistant\n"),
-    ("Alpaca-style, template '### Response:'", "alpaca", "### Response:"),
-    ("Alpaca-style, template '### Response: ' (trailing space)", "alpaca",
+    ("Alpaca-style, template ‘### Response:’", "alpaca", "### Response:"),
+    ("Alpaca-style, template ‘### Response: ’ (with a trailing space)", "alpaca",
      "### Response: "),
 )
 
