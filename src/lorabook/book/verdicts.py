@@ -118,7 +118,7 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
         out.append(
             "The same adapter scores " + "; ".join(scores)
             + f" (with {decoding}: {fmt(d['mean_words'])} words; real: "
-            f"{fmt(next(iter(others.values()))['real_mean_words'])}). "
+            f"{fmt(d['real_mean_words'])}). "
             + (("Each is " if len(others) > 1 else "It is ") + verdicts[0] + "."
                if len(set(verdicts)) == 1 else
                " ".join(f"With {n}, it is {v}." for n, v in zip(others, verdicts))))
