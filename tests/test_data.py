@@ -8,7 +8,7 @@ import pytest
 from lorabook.config import REPO_ROOT, LorabookError
 from lorabook.data import (clean_samples, describe, load_cleaning_report,
                            load_samples, preview, split_samples)
-from lorabook.sotu.cleaning import (CONTINUATION_WORDS, OPENING_WORDS,
+from lorabook.sotu.cleaning import (CONTINUATION_WORDS, OPENING_WORDS, USER_RULES,
                                     clean_text, make_passages, n_words,
                                     split_sentences)
 
@@ -208,11 +208,39 @@ def test_clean_samples_drops_duplicates_and_reports():
     samples = [{"id": "0", "prompt": "q", "response": "a [Applause] b"},
                {"id": "1", "prompt": "q", "response": "a b"},
                {"id": "2", "prompt": "q", "response": "[Laughter]"}]
-    kept, report = clean_samples(samples)
+    kept, report = clean_samples(samples, rules=USER_RULES)
     assert [s["id"] for s in kept] == ["0"] and kept[0]["response"] == "a b"
     assert report["duplicate"]["removed"] == 1
     assert report["audience_reaction"]["removed"] == 2
     assert report["empty_after_cleaning"]["removed"] == 1
+
+
+def test_users_text_comes_through_load_time_cleaning_unchanged():
+    """Data of another kind: brackets, links, code and spacing are kept;
+    only invisible control characters and exact duplicates go."""
+    texts = ["See [the docs](https://example.org/a--b) -- or [Applause].",
+             "def f(x):\n    return x[0]  # first\n\n\tdone \u2014 \"ok\"",
+             "[1] A footnote marker, [sic], and . . . three dots."]
+    samples = [dict(id=str(i), prompt=f"Q{i}:  keep  spaces", response=t)
+               for i, t in enumerate(texts)]
+    samples.append(dict(samples[0]))                      # a duplicate
+    samples.append(dict(id="c", prompt="bell", response="ding\x07 dong"))
+    kept, report = clean_samples(samples)
+    assert [s["response"] for s in kept[:3]] == texts
+    assert [s["prompt"] for s in kept[:3]] == [s["prompt"] for s in samples[:3]]
+    assert kept[3]["response"] == "ding dong"
+    assert set(report) == {"duplicate", "control_chars"}
+
+
+def test_sotu_passages_get_the_corpus_load_rules():
+    from lorabook.data import corpus_for
+    from lorabook.sotu.corpus import SOTU
+    s = [dict(id="a", prompt="1850, Millard Fillmore (Whig):\nThe harvest.",
+              response="Good -- and [Applause] plenty.")]
+    assert corpus_for(s) is SOTU
+    kept, report = clean_samples(s)
+    assert kept[0]["response"] == "Good-and plenty."
+    assert {"audience_reaction", "dashes"} <= set(report)
 
 
 # --- sentences and passages ---------------------------------------------------

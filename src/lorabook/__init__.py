@@ -3,6 +3,7 @@
 The stages of the report, in order; each imports only from those above it:
 
     config       one frozen Config: presets, YAML, validation
+    corpus       what a stage may know about its corpus: generic defaults
     data         load a dataset, clean it, split it by group, describe it
     preprocess   prompt format, tokens and labels, the collator
     model        tokenizer, bitsandbytes' 8-bit base, LoRA (PEFT)
@@ -22,7 +23,8 @@ Beside them, in subpackages:
                  tcmalloc); below every stage but config, and switched off
                  by one config field, `speed_layer`
     sotu         what lorabook knows about its own corpus: the cleaning
-                 rules and passage cutter, the prompt form, the era judge
+                 rules and passage cutter, the prompt form, the era judge,
+                 and its `Corpus` (sotu.corpus)
     book         what only the book needs: the pitfall demonstrations, the
                  rule-written assessment, a bare loop for side-by-side runs,
                  the Sphinx extension, the submission files
@@ -37,7 +39,8 @@ __version__ = "0.1.0"
 LAYERS = (
     ("config",),
     ("speed", "speed.alloc", "speed.int8cpu", "speed.fused", "speed.label_only"),
-    ("sotu", "sotu.cleaning", "sotu.prompts", "sotu.control"),
+    ("corpus",),
+    ("sotu", "sotu.cleaning", "sotu.prompts", "sotu.control", "sotu.corpus"),
     ("data",),
     ("preprocess",),
     ("model",),

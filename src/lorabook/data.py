@@ -4,7 +4,9 @@ The loader accepts the shipped corpus and a user's own data alike (JSONL,
 CSV, plain text or a saved `datasets` directory); every mistake it can
 detect raises `LorabookError` with the file, the line and the fix. The
 cleaning rules (`lorabook.sotu.cleaning`) were written for the State of
-the Union corpus; a user's data gets only those safe on any English text.
+the Union corpus; which of them run when data are loaded is the corpus's
+choice (`corpus_for`): a user's data get only the removal of invisible
+control characters.
 """
 from __future__ import annotations
 
@@ -18,8 +20,18 @@ from collections import Counter
 from pathlib import Path
 
 from lorabook.config import REPO_ROOT, LorabookError
-from lorabook.sotu.cleaning import (MAX_EXAMPLES, RULE_DESCRIPTIONS, USER_RULES,
-                                    clean_text, n_words)
+from lorabook.corpus import GENERIC, Corpus
+from lorabook.sotu.cleaning import MAX_EXAMPLES, RULE_DESCRIPTIONS, clean_text, n_words
+from lorabook.sotu.corpus import SOTU
+
+# Corpora that lorabook knows more about than the generic defaults.
+KNOWN_CORPORA: tuple[Corpus, ...] = (SOTU,)
+
+
+def corpus_for(samples: list[dict]) -> Corpus:
+    """The known corpus whose form the samples have, else `GENERIC`."""
+    return next((c for c in KNOWN_CORPORA if c.matches(samples)), GENERIC)
+
 
 # --------------------------------------------------------------------------
 # Loading
@@ -250,13 +262,18 @@ def load_samples(path, *, text_column: str | None = None,
 # Cleaning, splitting, describing
 # --------------------------------------------------------------------------
 
-def clean_samples(samples: list[dict], rules: tuple[str, ...] = USER_RULES
+def clean_samples(samples: list[dict], rules: tuple[str, ...] | None = None
                   ) -> tuple[list[dict], dict]:
     """Clean prompt and response of every sample and drop duplicates.
+
+    `rules`: the cleaning rules to run; None, those of the samples' corpus
+    (`corpus_for(samples).load_rules`).
 
     Returns (kept_samples, report) with report = {rule: {"removed": n,
     "examples": [...]}} for every rule that fired.
     """
+    if rules is None:
+        rules = corpus_for(samples).load_rules
     stats: Counter = Counter()
     examples: dict[str, list[dict]] = {}
     seen, kept = set(), []

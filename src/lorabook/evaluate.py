@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lorabook import data as D
 from lorabook import metrics as X
 from lorabook import model as M
 from lorabook import preprocess as P
@@ -29,49 +30,16 @@ from lorabook.generation import (DECODING, DECODING_ALTERNATIVES, DECODING_NAME,
                                  instructed_prompt)
 from lorabook.memorization import memorization_check
 from lorabook.sotu.era import ERA_BOUNDS, era_judge, stratified_by_era
-from lorabook.sotu.prompts import NEW_PROMPTS, is_sotu, new_prompt_text
 from lorabook.speed.label_only import backbone_and_head, labelled_hidden
 
 def new_prompts(splits: dict, all_samples, k: int = 4) -> list[dict]:
-    """Prompts that are new to the model, by a rule for the data's kind.
-
-    SOTU-form data: `NEW_PROMPTS`, each flagged with whether its
-    (year, president) pair has an address in the data and how many words
-    its opening shares with any passage. Other prompt/response data: the
-    `k` test prompts least like any training prompt (shortest longest word
-    run shared with a training prompt; ties by order), with their real
-    responses. Text-only data (empty prompts): `k` empty prompts, i.e.
-    unconditional samples.
-    """
-    train = splits["train"]
-    if is_sotu(train):
-        pairs = {(s["year"], s.get("president")) for s in all_samples}
-        years = {s["year"] for s in all_samples}
-        index = X.build_overlap_index(
-            [s["prompt"].split("\n", 1)[-1] + " " + s["response"]
-             for s in all_samples])
-        out = []
-        for j, p in enumerate(NEW_PROMPTS):
-            out.append(dict(
-                id=f"new-{j}", prompt=new_prompt_text(p), year=p["year"],
-                reference=None, kind="SOTU year/president with no address",
-                pair_in_data=(p["year"], p["president"]) in pairs,
-                year_in_data=p["year"] in years,
-                opening_overlap=index.longest(p["opening"])))
-        return out
-    test = splits["test"]
-    if all(not s["prompt"] for s in train):
-        return [dict(id=f"new-{j}", prompt="", year=None, reference=None,
-                     kind="empty prompt (unconditional)")
-                for j in range(k)]
-    index = X.build_overlap_index([s["prompt"] for s in train])
-    ranked = sorted(range(len(test)),
-                    key=lambda i: (index.longest(test[i]["prompt"]), i))
-    return [dict(id=test[i]["id"], prompt=test[i]["prompt"],
-                 year=test[i].get("year"), reference=test[i]["response"],
-                 kind="test prompt least like the training prompts",
-                 opening_overlap=index.longest(test[i]["prompt"]))
-            for i in ranked[:k]]
+    """Prompts that are new to the model, by the rule of the data's corpus
+    (`Corpus.new_prompts`): for the State of the Union, year/president
+    pairs with no address; for other prompt/response data, the `k` test
+    prompts least like any training prompt; for text-only data, `k` empty
+    prompts (unconditional samples)."""
+    corpus = D.corpus_for(splits["train"])
+    return corpus.new_prompts(splits, all_samples, k, X.build_overlap_index)
 
 
 def shown_prompts(scored: list[dict], n: int) -> list[int]:

@@ -8,32 +8,24 @@ from __future__ import annotations
 
 import torch
 
+from lorabook import data as D
 from lorabook import model as M
 from lorabook import preprocess as P
 from lorabook.config import LorabookError
-from lorabook.sotu.prompts import parse_sotu_prompt
 from lorabook.speed.int8cpu import dequantized_for_inference
 
 
-def instructed_prompt(prompt: str) -> str:
+def instructed_prompt(prompt: str, corpus=None) -> str:
     """The base model's fair chance: the same prompt, and the task said.
 
     The base model is an instruction-tuned assistant; given the bare
     training prompt it answers like one. This wrapper tells it what the
-    fine-tuned model learned from examples: continue the passage.
+    fine-tuned model learned from examples: continue the passage. The
+    words are the corpus's (`corpus.Corpus.instruction`); by default, that
+    of the corpus whose form the prompt has.
     """
-    p = parse_sotu_prompt(prompt)
-    if p:
-        return (f"Here is the opening of a passage from the State of the "
-                f"Union address of {p['president']} in {p['year']}. "
-                f"Continue the passage with the next one or two sentences "
-                f"of the speech. Reply with those sentences only.\n\n"
-                f"{p['opening']}")
-    if not prompt:
-        return ("Write one passage of the kind of text you were trained "
-                "on. Write only the text, no comment.")
-    return ("Reply to the following as its author would. Write only the "
-            f"reply, no comment.\n\n{prompt}")
+    corpus = corpus or D.corpus_for([dict(prompt=prompt)])
+    return corpus.instruction(prompt)
 
 
 def chat_ids(turns: list[str], tokenizer) -> list[int]:
@@ -152,20 +144,18 @@ def describe_decoding(kw: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in kw.items())
 
 
-def few_shot(prompt: str, train: list[dict]) -> list[str]:
+def few_shot(prompt: str, train: list[dict], corpus=None) -> list[str]:
     """The instructed base model's chat: one worked example, then the task.
 
-    The example is the training passage closest in year to the prompt
-    (the first such in the split's order), or the first training sample
-    for data without years, asked and answered in the same instructed form.
+    The example is the corpus's choice (`Corpus.example_for`): for the
+    State of the Union, the training passage closest in year to the prompt
+    (the first such in the split's order); for other data, the first
+    training sample. Both are asked in the same instructed form.
     """
-    p = parse_sotu_prompt(prompt)
-    if p and all("year" in s for s in train):
-        ex = min(train, key=lambda s: abs(s["year"] - p["year"]))
-    else:
-        ex = train[0]
-    return [instructed_prompt(ex["prompt"]), ex["response"],
-            instructed_prompt(prompt)]
+    corpus = corpus or D.corpus_for(train)
+    ex = corpus.example_for(prompt, train)
+    return [instructed_prompt(ex["prompt"], corpus), ex["response"],
+            instructed_prompt(prompt, corpus)]
 
 
 def instructed_dataset(dataset, samples: list[dict], train: list[dict],

@@ -245,7 +245,10 @@ def clean_text(text: str, rules: tuple[str, ...] = SOTU_RULES, *,
             else:
                 kept.append(s)
         text = " ".join(kept)
-    text = re.sub(r"[ ]{2,}", " ", text).strip()
+    if set(rules) - {"control_chars"}:
+        # Spacing is tidied only by rules that rewrite the text; removing
+        # control characters alone keeps a user's spacing (code, verse).
+        text = re.sub(r"[ ]{2,}", " ", text).strip()
     return text, stats, examples
 
 
