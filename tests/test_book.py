@@ -229,7 +229,7 @@ def test_submission_zip_contents(built, tmp_path):
     rel = [n[len(top):] for n in names]
     for needed in ("Doe_Jane_Project.pdf", "README.md", "pyproject.toml",
                    "src/lorabook/train.py", "data/sotu_passages.jsonl",
-                   "data/DATASHEET.md", "configs/gpt2.yaml",
+                   "data/README.md", "configs/gpt2.yaml",
                    "notebooks/04_training.ipynb", "book/04_training.md",
                    "book/_config.yml"):
         assert needed in rel, needed

@@ -69,16 +69,16 @@ def test_the_import_reader_sees_lazy_and_relative_imports(tmp_path):
 
 def test_module_sizes():
     """No module over 500 lines; the stages (top-level modules) together
-    at most 3,850 (3,500 before the contamination stage, memorization.py,
+    at most 4,000 (3,500 before the contamination stage, memorization.py,
     and the era-stratified scoring were added; 3,650 before report.table's
     PDF column widths and report.wrap; 3,700 before the instructed base
     model's perplexity and the cleaning examples cut at whole words; 3,750
     before the corpus plug-in, corpus.py, took the SOTU branches out of the
-    stages)."""
+    stages; 3,850 before the dataset card, card.py)."""
     sizes = {m: len(p.read_text().splitlines()) for m, p in _modules().items()}
     assert max(sizes.values()) <= 500, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
     top = sum(n for m, n in sizes.items() if "." not in m)
-    assert top <= 3850, top
+    assert top <= 4000, top
 
 
 def test_speed_layer_off_trains_with_plain_peft_trainer_and_bitsandbytes(

@@ -30,7 +30,7 @@ def _root(tmp_path: Path, author=report.PLACEHOLDER_AUTHOR,
             "src/lorabook/train.py": "x = 1\n",
             "src/lorabook/__pycache__/train.cpython-311.pyc": "junk",
             "data/sotu_passages.jsonl": '{"prompt": "p", "response": "r"}\n',
-            "data/DATASHEET.md": "# data\n", "book/04_training.md": "# 4\n",
+            "data/README.md": "# data\n", "book/04_training.md": "# 4\n",
             "configs/gpt2.yaml": "model_name: gpt2\n",
             "runs/default/adapter.safetensors": "weights"}.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def test_zip_holds_readme_notebooks_code_and_data(tmp_path):
         for rel in ("Doe_Jane_Project.pdf", "README.md", "Makefile",
                     "pyproject.toml", "_config.yml", "book/_config.yml",
                     "src/lorabook/train.py", "data/sotu_passages.jsonl",
-                    "data/DATASHEET.md", "configs/gpt2.yaml",
+                    "data/README.md", "configs/gpt2.yaml",
                     "book/04_training.md", "notebooks/04_training.ipynb"):
             assert top + rel in names, rel
         assert not any("__pycache__" in n or "runs/" in n

@@ -4,6 +4,7 @@ The stages of the report, in order; each imports only from those above it:
 
     config       one frozen Config: presets, YAML, validation
     corpus       what a stage may know about its corpus: generic defaults
+    card         the dataset card (Hugging Face's README.md) beside the data
     data         load a dataset, clean it, split it by group, describe it
     preprocess   prompt format, tokens and labels, the collator
     model        tokenizer, bitsandbytes' 8-bit base, LoRA (PEFT)
@@ -39,7 +40,7 @@ __version__ = "0.1.0"
 LAYERS = (
     ("config",),
     ("speed", "speed.alloc", "speed.int8cpu", "speed.fused", "speed.label_only"),
-    ("corpus",),
+    ("corpus", "card"),
     ("sotu", "sotu.cleaning", "sotu.prompts", "sotu.control", "sotu.corpus"),
     ("data",),
     ("preprocess",),

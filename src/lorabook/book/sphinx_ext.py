@@ -5,7 +5,8 @@ Puts the student's name and code link, set once in _config.yml
 `release`, shown after "Code:"), in the PDF's page headers and in the
 MyST substitutions `{{ author }}` and `{{ code_url }}` the introduction
 uses; a build that still has the shipped placeholders says so in red at
-its start and its end.
+its start and its end, as does a dataset card that still holds the
+template's placeholders (`card_warning`).
 """
 from __future__ import annotations
 
@@ -58,11 +59,30 @@ def _config_inited(app, config) -> None:
         "\\endgroup\\vskip 28pt\\thispagestyle{empty}}\\makeatother\n")
     elements["maketitle"] = "\\lorabooktitle"
     config.latex_elements = elements
-    app.lorabook_warning = placeholder_warning(info)
+    app.lorabook_warning = "\n".join(
+        w for w in (placeholder_warning(info), card_warning()) if w)
     if app.lorabook_warning:
         # Not a Sphinx warning: a strict (-W) test build with the shipped
         # placeholders must still pass; printed in red at start and end.
         slog.getLogger(__name__).info(red(app.lorabook_warning))
+
+
+def card_warning() -> str:
+    """A warning while the data's card is missing or still holds the
+    starter card's placeholders; "" for a filled card."""
+    from lorabook import card as C
+    from lorabook.config import LorabookError, load_config
+    cfg = load_config()
+    path = C.card_path(cfg.resolve(cfg.data_path))
+    try:
+        todo = C.load_card(path).placeholders()
+    except LorabookError as e:
+        return f"WARNING: {e}"
+    if not todo:
+        return ""
+    return (f"WARNING: the dataset card {path} still holds placeholders "
+            f"({C.PLACEHOLDER}) in: {', '.join(todo)}. Fill them in: "
+            f"chapter 1 prints them.")
 
 
 def reading_warning(root: Path) -> str:
