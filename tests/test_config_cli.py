@@ -216,3 +216,29 @@ def test_data_edited_in_place_is_a_new_run(tmp_path):
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
     assert cfg.hash() != before[0] and cfg.train_hash() != before[1]
     assert T.finished_run(cfg) is None
+
+
+def test_group_column_auto_is_address_only_for_the_shipped_corpus(tmp_path):
+    from lorabook.config import Config
+    assert load_config().group_column == "address"
+    assert Config(data_path="data/../data/sotu_passages.jsonl").group_column == "address"
+    mine = tmp_path / "mine.jsonl"
+    assert load_config(data_path=str(mine)).group_column is None
+    assert load_config(data_path=str(mine), group_column="speaker").group_column == "speaker"
+    assert load_config(fields=dict(group_column=None)).group_column is None
+
+
+def test_command_line_paths_are_relative_to_the_working_directory(
+        tmp_path, monkeypatch):
+    import argparse
+
+    from lorabook import cli
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(preset="tiny", config=None, set=[],
+                              data_path="mine.jsonl", output_dir="runs/x",
+                              model_name=None, text_column=None,
+                              prompt_column=None, response_column=None,
+                              group_column=None, min_samples=None)
+    cfg = cli._cfg(args)
+    assert cfg.resolve(cfg.data_path) == tmp_path / "mine.jsonl"
+    assert cfg.resolve(cfg.output_dir) == tmp_path / "runs" / "x"

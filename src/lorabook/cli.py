@@ -9,6 +9,7 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 
 from lorabook.config import LorabookError, load_config
 
@@ -51,6 +52,11 @@ def _cfg(args):
               ("data_path", "model_name", "output_dir", "text_column",
                "prompt_column", "response_column", "group_column",
                "min_samples")}
+    # Paths typed on the command line are the user's, relative to where
+    # they stand; a config's own paths stay relative to the project.
+    for k in ("data_path", "output_dir"):
+        if values[k] is not None:
+            values[k] = str(Path(values[k]).expanduser().absolute())
     cfg = load_config(args.preset, args.config,
                       _set_values(getattr(args, "set", [])), **values)
     if getattr(args, "group_column", None) == "none":   # random split

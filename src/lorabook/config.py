@@ -15,6 +15,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_MODEL = "bundled:SmolLM2-135M-Instruct"
+SHIPPED_DATA = "data/sotu_passages.jsonl"
 TINY_MODEL = "tiny-random"
 
 
@@ -29,11 +30,13 @@ class LorabookError(ValueError):
 class Config:
     preset: str = "default"
     # --- data -------------------------------------------------------------
-    data_path: str = "data/sotu_passages.jsonl"
+    data_path: str = SHIPPED_DATA
     text_column: str | None = None      # set for single-text-column data
     prompt_column: str = "prompt"
     response_column: str = "response"
-    group_column: str | None = "address"  # split is grouped by this column
+    # The split is grouped by this column (None: sample by sample). "auto":
+    # the shipped corpus's `address`, None for any other data.
+    group_column: str | None = "auto"
     min_samples: int = 1000               # the assignment's floor
     # Sizes of the seeded subset per split; None means "all of the split"
     # (the `full` preset). The default draws 1,024 passages (at least 1,000,
@@ -108,6 +111,10 @@ class Config:
     bootstrap_samples: int = 1000
 
     def __post_init__(self):
+        if self.group_column == "auto":
+            object.__setattr__(self, "group_column", "address" if self.resolve(
+                self.data_path).resolve() == self.resolve(SHIPPED_DATA).resolve()
+                else None)
         validate(self)
 
     def replace(self, **changes) -> "Config":
