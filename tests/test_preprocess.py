@@ -123,7 +123,9 @@ def test_encoding_is_pinned(tokenizer):
 def test_masking_table(tokenizer):
     ex = P.encode(PROMPT, RESPONSE, tokenizer, 128)
     table = P.masking_table(ex, tokenizer)
-    assert list(table.columns) == ["position", "token", "id", "label", "role"]
+    assert list(table.columns) == ["position", "token", "id", "attention_mask",
+                                   "label", "role"]
+    assert table.attention_mask.tolist() == ex["attention_mask"]
     assert (table.role == "learned").sum() == sum(l != -100 for l in ex["labels"])
     assert table.iloc[-1].token == "<|im_end|>"
 

@@ -163,12 +163,15 @@ def make_collator(tokenizer, cfg: Config):
 
 
 def masking_table(example: dict, tokenizer):
-    """Token-by-token view of one example: what is masked, what is learned."""
+    """Token-by-token view of one example as the model receives it (token
+    id, attention mask, label): what is masked, what is learned."""
     import pandas as pd
     rows = []
-    for pos, (tid, lab) in enumerate(zip(example["input_ids"], example["labels"])):
+    mask = example.get("attention_mask") or [1] * len(example["input_ids"])
+    for pos, (tid, am, lab) in enumerate(zip(example["input_ids"], mask,
+                                             example["labels"])):
         rows.append(dict(position=pos, token=repr(tokenizer.decode([tid]))[1:-1],
-                         id=tid, label=lab,
+                         id=tid, attention_mask=am, label=lab,
                          role="learned" if lab != -100 else "masked"))
     return pd.DataFrame(rows)
 
