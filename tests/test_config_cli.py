@@ -242,3 +242,23 @@ def test_command_line_paths_are_relative_to_the_working_directory(
     cfg = cli._cfg(args)
     assert cfg.resolve(cfg.data_path) == tmp_path / "mine.jsonl"
     assert cfg.resolve(cfg.output_dir) == tmp_path / "runs" / "x"
+
+
+def test_a_project_directory_has_its_own_config_and_paths(tmp_path, monkeypatch):
+    """A directory with lorabook.yaml is a project: from it or any folder
+    below it (a chapter runs in book/), load_config reads that file and
+    relative paths resolve against the project, not this checkout."""
+    from lorabook.config import REPO_ROOT, project_root
+    proj = tmp_path / "letters"
+    (proj / "book").mkdir(parents=True)
+    (proj / "lorabook.yaml").write_text(
+        "data_path: data/letters.jsonl\nmin_samples: 10\noutput_dir: runs/letters\n")
+    monkeypatch.chdir(proj / "book")
+    assert project_root() == proj
+    cfg = load_config("tiny")
+    assert cfg.min_samples == 10 and cfg.group_column is None
+    assert cfg.resolve(cfg.data_path) == proj / "data" / "letters.jsonl"
+    assert cfg.resolve(cfg.output_dir) == proj / "runs" / "letters"
+    monkeypatch.chdir(tmp_path)                   # outside: this checkout
+    assert project_root() == REPO_ROOT
+    assert load_config("tiny").resolve("data") == REPO_ROOT / "data"

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# A report project of its own (its data, config and chapters) is a
+# directory holding this file; see `project_root`.
+PROJECT_FILE = "lorabook.yaml"
 BUNDLED_MODEL = "bundled:SmolLM2-135M-Instruct"
 SHIPPED_DATA = "data/sotu_passages.jsonl"
 TINY_MODEL = "tiny-random"
@@ -144,9 +147,21 @@ class Config:
                                if f.name not in EVALUATION_FIELDS))
 
     def resolve(self, path: str) -> Path:
-        """A path of the config, relative to the repository root."""
+        """A path of the config, relative to the project (`project_root`)."""
         p = Path(path)
-        return p if p.is_absolute() else REPO_ROOT / p
+        return p if p.is_absolute() else project_root() / p
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The project a command or a chapter runs in: the nearest directory,
+    from `start` (the working directory) up, that holds `lorabook.yaml`;
+    else this repository's checkout. Relative paths of a config resolve
+    against it, and `load_config` reads its `lorabook.yaml`."""
+    here = Path(start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / PROJECT_FILE).is_file():
+            return d
+    return REPO_ROOT
 
 
 _DIGESTS: dict = {}
@@ -250,12 +265,16 @@ def load_config(preset: str | None = None, path: str | os.PathLike | None = None
                 fields: dict | None = None, **overrides) -> Config:
     """Build a Config from a preset, an optional YAML file and overrides.
 
-    The preset defaults to $LORABOOK_PRESET or "default", so that
+    Without `path`, the project's `lorabook.yaml` is read where there is
+    one (`project_root`). The preset defaults to $LORABOOK_PRESET or
+    "default", so that
     `LORABOOK_PRESET=tiny jupyter-book build book` builds the whole book fast.
     `fields` are applied as given (None included: `n_train: null`);
     keyword overrides only when not None (unset command-line options).
     """
     data: dict = {}
+    if path is None and (project_root() / PROJECT_FILE).is_file():
+        path = project_root() / PROJECT_FILE
     if path is not None:
         import yaml
         p = Path(path)
