@@ -32,20 +32,11 @@ class Corpus:
     load_rules: tuple[str, ...] = GENERIC_LOAD_RULES
     features: frozenset[str] = frozenset()
 
-    def __init__(self, instruction: str | None = None):
-        # `instruction`: the dataset card's or the config's own words for
-        # the task ({prompt} marks where the prompt goes), else the default.
-        self._instruction = instruction
-
     def matches(self, samples: list[dict]) -> bool:
         return True
 
     def instruction(self, prompt: str) -> str:
         """The base model's fair chance: the same prompt, and the task said."""
-        if self._instruction:
-            text = self._instruction
-            return (text.replace("{prompt}", prompt) if "{prompt}" in text
-                    else f"{text}\n\n{prompt}".rstrip())
         if not prompt:
             return ("Write one passage of the kind of text you were trained "
                     "on. Write only the text, no comment.")
