@@ -318,7 +318,7 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
         + f"I trained on {metrics['n_train']:,} of the training "
         f"split's passages for {metrics['epochs']} epochs; training on all "
         "of them and scoring every validation and test passage is the next "
-        "step, which a GPU does in minutes. A "
+        "step, meant for a GPU (the full preset), not run here. A "
         "larger model and a prompt that names the occasion (an annual "
         "message to Congress) are the next levers, untried here.")
     return "\n".join(lines)
