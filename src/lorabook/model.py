@@ -274,7 +274,7 @@ def load_8bit_model(cfg: Config, backend: str | None = None):
     if (backend or quant_backend(cfg)) == "int8cpu":   # on a CPU
         from lorabook.speed.int8cpu import use_fast_cpu_products
         use_fast_cpu_products(model)          # same weights, faster products
-    model.config.use_cache = False            # no KV cache while training
+    model.config.use_cache = False            # no key-value cache in training
     return model
 
 
