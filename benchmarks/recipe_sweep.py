@@ -107,7 +107,8 @@ def main():
         "max_new_tokens") == args.max_new_tokens else {}
     if any(d not in base_texts for d in DECODINGS):
         base = M.load_model(base_cfg)
-        told = [few_shot(s["prompt"], train) for s in prompts]
+        corpus = D.corpus_for(train)
+        told = [few_shot(s["prompt"], train, corpus) for s in prompts]
         with base.disable_adapter():
             for d, kw in DECODINGS.items():
                 if d in base_texts:

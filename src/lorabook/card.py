@@ -76,14 +76,13 @@ class Card:
         the samples loaded checked against the card's size category."""
         said = self.fact("size_categories")
         computed = size_category(n_samples)
-        rows = [dict(fact=label, value=self.fact(key) or "not stated")
-                for label, key in (("name", "pretty_name"),
-                                   ("licence", "license"),
+        rows = [dict(fact="name", value=self.name)] + [
+                dict(fact=label, value=self.fact(key) or "not stated")
+                for label, key in (("licence", "license"),
                                    ("language", "language"),
                                    ("task", "task_categories"),
                                    ("source", "source_datasets"),
                                    ("size category", "size_categories"))]
-        rows[0]["value"] = self.name
         rows.append(dict(
             fact="samples loaded",
             value=f"{n_samples:,}, size category {computed}: "

@@ -273,8 +273,9 @@ def load_config(preset: str | None = None, path: str | os.PathLike | None = None
     keyword overrides only when not None (unset command-line options).
     """
     data: dict = {}
-    if path is None and (project_root() / PROJECT_FILE).is_file():
-        path = project_root() / PROJECT_FILE
+    if path is None:
+        project = project_root() / PROJECT_FILE
+        path = project if project.is_file() else None
     if path is not None:
         import yaml
         p = Path(path)

@@ -13,8 +13,7 @@ A corpus offers:
   a user's brackets, links, code and spacing come through unchanged;
 - `instruction(prompt)`: what the instructed base model is told;
 - `example_for(prompt, train)`: its one worked example;
-- `new_prompts(...)`: prompts new to the model, for chapter 5;
-- `features`: what else the data support (for example "years").
+- `new_prompts(...)`: prompts new to the model, for chapter 5.
 """
 from __future__ import annotations
 
@@ -30,7 +29,6 @@ class Corpus:
 
     name = "generic"
     load_rules: tuple[str, ...] = GENERIC_LOAD_RULES
-    features: frozenset[str] = frozenset()
 
     def matches(self, samples: list[dict]) -> bool:
         return True

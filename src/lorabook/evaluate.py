@@ -294,7 +294,8 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
     new = new_prompts(splits, all_samples)
     items = scored + new              # all prompts, in as few batches as fit
     bare = [s["prompt"] for s in items]
-    told = [few_shot(p, train) for p in bare]
+    corpus = D.corpus_for(train)      # once: it reads every training prompt
+    told = [few_shot(p, train, corpus) for p in bare]
     if verbose:
         print(f"Generating for {n_metric} test prompts and {len(new)} new "
               f"ones, three systems ...", flush=True)

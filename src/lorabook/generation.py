@@ -168,10 +168,12 @@ def instructed_dataset(dataset, samples: list[dict], train: list[dict],
     """
     from datasets import Dataset
     by_id = {s["id"]: s for s in samples}
+    corpus = D.corpus_for(train)      # once: it reads every training prompt
     rows = []
     for ex in dataset:
         response = [t for t in ex["labels"] if t != -100]
-        p = chat_ids(few_shot(by_id[ex["id"]]["prompt"], train), tokenizer)
+        p = chat_ids(few_shot(by_id[ex["id"]]["prompt"], train, corpus),
+                     tokenizer)
         rows.append(dict(input_ids=p + response,
                          attention_mask=[1] * (len(p) + len(response)),
                          labels=[-100] * len(p) + response))

@@ -167,8 +167,8 @@ def masking_table(example: dict, tokenizer):
     id, attention mask, label): what is masked, what is learned."""
     import pandas as pd
     rows = []
-    mask = example.get("attention_mask") or [1] * len(example["input_ids"])
-    for pos, (tid, am, lab) in enumerate(zip(example["input_ids"], mask,
+    for pos, (tid, am, lab) in enumerate(zip(example["input_ids"],
+                                             example["attention_mask"],
                                              example["labels"])):
         rows.append(dict(position=pos, token=repr(tokenizer.decode([tid]))[1:-1],
                          id=tid, attention_mask=am, label=lab,

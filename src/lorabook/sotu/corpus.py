@@ -14,7 +14,6 @@ class SotuCorpus(Corpus):
     # The rules of the build script that are safe to run again on the
     # shipped passages (no salutations, headings or tables are left).
     load_rules = USER_RULES
-    features = frozenset({"years", "speakers", "build_cleaning", "era_judge"})
 
     def matches(self, samples: list[dict]) -> bool:
         return is_sotu(samples)
