@@ -30,10 +30,12 @@ def _bound(tree) -> set[str]:
     return out
 
 
-def undefined_in_shown_cells(text: str) -> list[tuple[str, list[str]]]:
+def undefined_in_shown_cells(text: str, before: set[str] = frozenset()
+                             ) -> list[tuple[str, list[str]]]:
     """(first line of the cell, names) for each shown cell of a MyST
-    notebook that uses a name no earlier shown cell (nor itself) binds."""
-    shown, out = set(), []
+    notebook that uses a name no earlier shown cell (nor itself) binds;
+    `before`: names the reader has already seen bound."""
+    shown, out = set(before), []
     for cell in _CELL.findall(text):
         src = "\n".join(l for l in cell.splitlines() if not l.startswith(":"))
         tree = ast.parse(src)
@@ -49,10 +51,43 @@ def undefined_in_shown_cells(text: str) -> list[tuple[str, list[str]]]:
     return out
 
 
+def shown_before_sections(text: str) -> set[str]:
+    """Names the shown cells of a chapter bind before its
+    `{tableofcontents}`, where its data-gated sections are printed."""
+    head = text.split("```{tableofcontents}", 1)[0]
+    names = set()
+    for cell in _CELL.findall(head):
+        if not _HIDDEN.search(cell):
+            names |= _bound(ast.parse(
+                "\n".join(l for l in cell.splitlines() if not l.startswith(":"))))
+    return names
+
+
 def test_every_shown_cell_runs_on_what_is_shown():
-    bad = {p.name: u for p in sorted((REPO_ROOT / "book").glob("*.md"))
-           if (u := undefined_in_shown_cells(p.read_text()))}
+    """A chapter's cells on what it shows; a data-gated section's (its own
+    notebook, printed inside its chapter) also on what the chapter showed
+    before it: its hidden setup repeats that, as the chapter showed it."""
+    from lorabook.book import toc
+    book = REPO_ROOT / "book"
+    parent = {s: ch for ch, secs in (*toc.REPORT, *toc.APPENDICES) for s, _ in secs}
+    bad = {}
+    for p in sorted(book.glob("*.md")):
+        before = (shown_before_sections((book / f"{parent[p.stem]}.md").read_text())
+                  if p.stem in parent else set())
+        if u := undefined_in_shown_cells(p.read_text(), before):
+            bad[p.name] = u
     assert not bad, bad
+
+
+def test_a_section_reads_its_chapters_shown_setup():
+    chapter = ("```{code-cell} ipython3\nfrom lorabook import data as D\n```\n"
+               "```{tableofcontents}\n```\n"
+               "```{code-cell} ipython3\nlate = 1\n```\n")
+    section = "```{code-cell} ipython3\nprint(D.load_samples, late)\n```\n"
+    before = shown_before_sections(chapter)
+    assert before == {"D"}
+    assert undefined_in_shown_cells(section, before) == [
+        ("print(D.load_samples, late)", ["late"])]
 
 
 def test_the_reader_of_cells_sees_names_set_only_in_hidden_cells():

@@ -28,7 +28,8 @@ Beside them, in subpackages:
                  and its `Corpus` (sotu.corpus)
     book         what only the book needs: the pitfall demonstrations, the
                  rule-written assessment, a bare loop for side-by-side runs,
-                 the Sphinx extension, the submission files
+                 the Sphinx extension, the submission files, the project
+                 `lorabook new` writes for one's own data (scaffold)
 
 `LAYERS` states the order; `tests/test_layout.py` reads every import of
 every module and checks it.
@@ -54,6 +55,7 @@ LAYERS = (
     ("plots",),
     ("report",),
     ("book", "book.loop", "book.quantization", "book.pitfalls", "book.leakage",
-     "book.assessment", "book.verdicts", "book.reading", "book.submission", "book.sphinx_ext"),
+     "book.assessment", "book.verdicts", "book.reading", "book.submission", "book.sphinx_ext",
+     "book.toc", "book.scaffold"),
     ("cli", "__main__"),
 )

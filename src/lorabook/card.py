@@ -62,6 +62,24 @@ class Card:
                 return v
         return ""
 
+    def bibtex(self) -> str:
+        """The BibTeX entries of the card's Citation section ("" if none)."""
+        return "\n\n".join(m.strip() for m in re.findall(
+            r"^(@\w+\{.*?^\})", self.section("Citation"), re.S | re.M))
+
+    def citation_keys(self) -> list[str]:
+        """The keys of those entries, in the card's order."""
+        return re.findall(r"^@\w+\{([^,\s]+),", self.bibtex(), re.M)
+
+    def cite_sentence(self) -> str:
+        """Chapter 1's sentence on how the data are cited (MyST)."""
+        keys = self.citation_keys()
+        if not keys:
+            return "Its card gives no citation."
+        cites = [f"{{cite:t}}`{k}`" for k in keys]
+        return ("I cite the data as " + (" and ".join(cites) if len(cites) < 3
+                else ", ".join(cites[:-1]) + " and " + cites[-1]) + ".")
+
     def placeholders(self) -> list[str]:
         """The header fields and sections that still hold the template's
         placeholder (or are empty)."""

@@ -1,4 +1,4 @@
-"""Command line: `lorabook data|train|evaluate|export|prepare-model|submission`.
+"""Command line: `lorabook data|new|train|evaluate|export|prepare-model|submission`.
 
 Each subcommand calls the same library function the book calls. Mistakes a
 user can make are printed as `error: ...` with exit status 2, no traceback.
@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tokens", action="store_true",
                    help="skip token counts (no tokenizer needed)")
     p.set_defaults(func=cmd_data)
+
+    from lorabook.book.scaffold import add_new_command
+    add_new_command(sub)                  # lorabook new DIR --data PATH
 
     p = sub.add_parser("train", help="fine-tune with 8-bit LoRA")
     _config_args(p)

@@ -168,18 +168,25 @@ _DIGESTS: dict = {}
 
 
 def data_digest(path: Path) -> str:
-    """SHA-256 of a data file's bytes ("missing" if there is none), cached
-    while the file's size and modification time stay the same."""
+    """SHA-256 of the data's bytes ("missing" if there are none): of a
+    file, or of every file of a saved datasets directory with its relative
+    path. Cached while the files' sizes and modification times stay the
+    same."""
     try:
-        st = path.stat()
+        files = ([path] if not path.is_dir() else
+                 sorted(f for f in path.rglob("*") if f.is_file()))
+        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     except OSError:
         return "missing"
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = (str(path), tuple(stats))
     if key not in _DIGESTS:
         h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        for f in files:
+            if path.is_dir():
+                h.update(f.relative_to(path).as_posix().encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
         _DIGESTS[key] = h.hexdigest()
     return _DIGESTS[key]
 

@@ -13,7 +13,12 @@ A corpus offers:
   a user's brackets, links, code and spacing come through unchanged;
 - `instruction(prompt)`: what the instructed base model is told;
 - `example_for(prompt, train)`: its one worked example;
-- `new_prompts(...)`: prompts new to the model, for chapter 5.
+- `new_prompts(...)`: prompts new to the model, for chapter 5;
+- `sample_description(samples)`: what one sample is, in a sentence or two
+  of Markdown (chapter 1);
+- `control`: texts no model can have seen, for the contamination check;
+- `features`: the sections of the book only this corpus can support
+  (`lorabook.book.toc` lists their notebooks in `_toc.yml`).
 """
 from __future__ import annotations
 
@@ -29,9 +34,53 @@ class Corpus:
 
     name = "generic"
     load_rules: tuple[str, ...] = GENERIC_LOAD_RULES
+    features: frozenset[str] = frozenset()
+    # Texts in the manner of the data that no model can have seen, as
+    # (opening, continuation) pairs: the contamination check's control.
+    # None here, so the check is skipped.
+    control: tuple[tuple[str, str], ...] = ()
+    # What the book calls a sample and a group of samples.
+    sample_word, samples_word = "sample", "samples"
+    group_word, groups_word = "group", "groups"
+
+    # What my reading of each shown generation answers (chapter 5): the
+    # qualities yes, partly or no; the faults none, or what was found.
+    reading_criteria = {
+        "coherent": "Does it make sense, sentence by sentence and as a whole?",
+        "on_topic": "Does it continue the prompt's subject?",
+        "own_voice": "Does it write as the data's own authors do, not about "
+                     "the text or the task?",
+        "invented_facts": "Names, numbers or events that are wrong or made up?",
+        "repetition": "Does it repeat itself or loop?",
+    }
+    reading_qualities = ("coherent", "on_topic", "own_voice")
 
     def matches(self, samples: list[dict]) -> bool:
         return True
+
+    def task(self, name: str, text_only: bool) -> str:
+        """The introduction's statement of the task and of the goals that
+        chapter 5's conclusion answers (MyST)."""
+        what = (f"write a text like those of *{name}*" if text_only else
+                f"given a prompt from *{name}*, write its response as the "
+                "data do")
+        return (f"**The task.** To {what} ({{ref}}`ch-dataset`). An "
+                "instruction-tuned small model writes generic assistant "
+                "prose. I set the fine-tuned model two goals, which the "
+                "conclusion of chapter 5 answers: to predict real, held-out "
+                f"{self.samples_word} better than the base model, and to write "
+                f"{self.samples_word} about as long as the real ones (within a "
+                "fifth).")
+
+    def sample_description(self, samples: list[dict]) -> str:
+        """What a sample is, said from the data's shape alone."""
+        if all(not s["prompt"] for s in samples):
+            return ("Each sample is one text with no prompt: the model learns "
+                    "to write texts like these from nothing, and every token "
+                    "of a text is learned.")
+        return ("Each sample is a **prompt** and a **response**: the "
+                "response is the text the model must learn to write after "
+                "the prompt, and only its tokens are learned.")
 
     def instruction(self, prompt: str) -> str:
         """The base model's fair chance: the same prompt, and the task said."""
@@ -41,10 +90,22 @@ class Corpus:
         return ("Reply to the following as its author would. Write only the "
                 f"reply, no comment.\n\n{prompt}")
 
+    # How `example_for` picks the worked example, said in chapter 5.
+    example_rule = "the first training sample"
+
     def example_for(self, prompt: str, train: list[dict]) -> dict:
         """The worked example shown before the task: the first training
         sample."""
         return train[0]
+
+    def new_prompts_rule(self, text_only: bool) -> str:
+        """How `new_prompts` chose them, said in chapter 5 (Markdown)."""
+        if text_only:
+            return ("empty prompts, so that the model writes from nothing, as "
+                    "it learned to")
+        return ("the test prompts least like any training prompt (by the "
+                "longest run of words each shares with one, shortest first), "
+                "with their real responses; the table gives that run for each")
 
     def new_prompts(self, splits: dict, all_samples: list[dict], k: int,
                     overlap_index: Callable) -> list[dict]:

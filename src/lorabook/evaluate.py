@@ -420,11 +420,16 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
         full=full)
     if style is not None:
         result["style"] = style
-    if verbose:
-        print("Contamination check (greedy continuations of plain openings) ...",
-              flush=True)
-    scored = scored_prompts(cfg, splits, full)
-    result["memorization"] = memorization_check(model, tokenizer, scored)
+    # The contamination check needs control texts that no model can have
+    # seen, written for the corpus; data without them skip it.
+    control = D.corpus_for(splits["train"]).control
+    if control:
+        if verbose:
+            print("Contamination check (greedy continuations of plain openings) ...",
+                  flush=True)
+        scored = scored_prompts(cfg, splits, full)
+        result["memorization"] = memorization_check(model, tokenizer, scored,
+                                                    control=control)
     result["eval_runtime_s"] = time.time() - t_start
 
     # Flat keys in the run's metrics.json, as the CLI and book quote them.

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from lorabook.config import REPO_ROOT, Config, load_config
+from lorabook.config import Config, load_config, project_root
 
 
 def setup() -> Config:
@@ -195,13 +195,15 @@ PLACEHOLDER_CODE_URL = "https://github.com/YOUR-ACCOUNT/lorabook"
 AUTHOR_ENV = "LORABOOK_AUTHOR"
 
 
-def student(root: Path = REPO_ROOT) -> dict:
-    """Author and code link: `author` and `repository.url` of _config.yml.
+def student(root: Path | None = None) -> dict:
+    """Author and code link: `author`, `repository.url` of _config.yml in
+    `root` (default: `project_root()`, this checkout or a `lorabook new` one).
 
     $LORABOOK_AUTHOR replaces the author (the submission build sets it).
     `placeholders` lists what is still the shipped placeholder.
     """
     import yaml
+    root = project_root() if root is None else root
     cfg = yaml.safe_load((root / "_config.yml").read_text())
     author = os.environ.get(AUTHOR_ENV) or str(cfg.get("author") or "")
     url = str((cfg.get("repository") or {}).get("url") or "")

@@ -16,21 +16,17 @@ import hashlib
 from pathlib import Path
 
 from lorabook import metrics as X
+from lorabook.corpus import GENERIC
+from lorabook.sotu.corpus import SOTU
 
-# What a reader of a continuation looks for. Each reading answers every one.
-CRITERIA = {
-    "coherent": "Does it make sense, sentence by sentence and as a whole?",
-    "on_topic": "Does it continue the prompt's subject?",
-    "own_voice": "Does it speak as the president to Congress (I, we, our), "
-                 "not about him or about the task?",
-    "of_its_era": "Do its words and concerns belong to the prompt's year?",
-    "anachronisms": "Anything that could not have been said in that year?",
-    "invented_facts": "Names, numbers or events that are wrong or made up?",
-    "repetition": "Does it repeat itself or loop?",
-}
-# The first four are answered yes, partly or no (then a note after a
-# colon); the last three none, or what was found.
-QUALITIES = ("coherent", "on_topic", "own_voice", "of_its_era")
+# What a reader of a continuation looks for: the corpus's criteria
+# (`Corpus.reading_criteria`; these are the State of the Union's). The
+# qualities are answered yes, partly or no (then a note after a colon);
+# the faults none, or what was found.
+CRITERIA = SOTU.reading_criteria
+QUALITIES = SOTU.reading_qualities
+# Every criterion any corpus answers yes/partly/no.
+_ALL_QUALITIES = frozenset(QUALITIES) | frozenset(GENERIC.reading_qualities)
 ANSWERS = ("yes", "partly", "no")
 SYSTEMS = ("finetuned", "base_instructed")
 READINGS_FILE = "book/readings.yaml"
@@ -70,13 +66,16 @@ def computed_checks(text: str, prompt: str, year: int | None) -> dict:
     shared = sorted({w for w in X.words(opening) if len(w) >= 4} & set(ws))
     return {"repeats": X.repeated_ngram_rate(text, 3),
             "voice": voice,
-            "before its time": X.anachronisms(text, year),
+            **({"before its time": X.anachronisms(text, year)}
+               if year is not None else {}),
             "prompt words": shared}
 
 
-def load_readings(path: str | Path) -> list[dict]:
+def load_readings(path: str | Path, criteria: dict | None = None) -> list[dict]:
     """The readings file: a list of entries with id, system, sha256, one
-    answer per criterion and a `reading` (the written judgement)."""
+    answer per criterion (`criteria`, default `CRITERIA`) and a `reading`
+    (the written judgement)."""
+    criteria = CRITERIA if criteria is None else criteria
     import yaml
     path = Path(path)
     if not path.is_file():
@@ -84,13 +83,14 @@ def load_readings(path: str | Path) -> list[dict]:
     entries = yaml.safe_load(path.read_text()) or []
     for e in entries:
         need = (("id", "sha256", "reading") if e.get("id") == SUMMARY_ID
-                else ("id", "system", "sha256", "reading", *CRITERIA))
+                else ("id", "system", "sha256", "reading", *criteria))
         missing = [k for k in need if k not in e]
         from lorabook.config import LorabookError
         if missing:
             raise LorabookError(f"{path}: the reading of {e.get('id')} "
                                 f"({e.get('system')}) lacks {missing}")
-        for k in QUALITIES if e.get("id") != SUMMARY_ID else ():
+        for k in (q for q in criteria if q in _ALL_QUALITIES) \
+                if e.get("id") != SUMMARY_ID else ():
             if verdict(k, e[k]) is None:
                 raise LorabookError(
                     f"{path}: the reading of {e['id']} ({e['system']}) "
@@ -103,22 +103,24 @@ def verdict(criterion: str, mark) -> str | None:
     """The verdict a mark begins with: yes/partly/no for a quality (None
     if it begins with another word), none/found for a fault."""
     text = str(mark).strip().lower()
-    if criterion in QUALITIES:
+    if criterion in _ALL_QUALITIES:
         first = text.replace(":", " ").replace(",", " ").split()[:1]
         return first[0] if first and first[0] in ANSWERS else None
     return "none" if text in ("none", "") else "found"
 
 
-def verdict_counts(records: list[dict], readings: list[dict]) -> dict:
+def verdict_counts(records: list[dict], readings: list[dict],
+                   criteria: dict | None = None) -> dict:
     """{system: {criterion: {verdict: count}}} over the shown generations
     that have a current reading, with `n` the number read per system."""
+    criteria = CRITERIA if criteria is None else criteria
     out = {}
     for system in SYSTEMS:
         read = [e for r in records
                 if (e := reading_for(r, system, readings)) is not None]
-        counts = {k: {} for k in CRITERIA}
+        counts = {k: {} for k in criteria}
         for e in read:
-            for k in CRITERIA:
+            for k in criteria:
                 v = verdict(k, e[k])
                 counts[k][v] = counts[k].get(v, 0) + 1
         out[system] = {"n": len(read), **counts}
@@ -181,17 +183,24 @@ def _main() -> int:
     """List the shown generations of the book's run with their hashes and
     whether their reading is current (a starting point for the file)."""
     import json
+    from lorabook import data as D
+    from lorabook import preprocess as P
     from lorabook import train as T
-    from lorabook.config import REPO_ROOT, load_config
+    from lorabook.config import load_config, project_root
     cfg = load_config()
     path = T.run_dir(cfg) / "generations.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    readings = load_readings(REPO_ROOT / READINGS_FILE)
+    criteria = D.corpus_for(P.config_samples(cfg)).reading_criteria
+    readings = load_readings(project_root() / READINGS_FILE, criteria)
     for r in records:
         for s in SYSTEMS:
             state = "current" if reading_for(r, s, readings) else "TO READ"
             print(f"- id: {r['id']}\n  system: {s}\n  sha256: "
                   f"{text_hash(r[s])}\n  # {state}: {r[s]!r}")
+            if state != "current":
+                for k, q in criteria.items():
+                    print(f"  {k}:   # {q}")
+                print("  reading:")
     state = "current" if summary_for(records, readings) else "TO READ"
     print(f"- id: {SUMMARY_ID}\n  sha256: {summary_hash(records)}\n  # {state}")
     return 0

@@ -89,14 +89,20 @@ def reading_warning(root: Path) -> str:
     """The stale-reading warning of the book's run (`book.reading`), or ""
     when every shown generation has its reading or there is no run yet."""
     import json
+    from lorabook import data as D
+    from lorabook import preprocess as P
     from lorabook import train as T
     from lorabook.book import reading as R
     from lorabook.config import load_config
-    path = T.run_dir(load_config()) / "generations.jsonl"
+    cfg = load_config()
+    path = T.run_dir(cfg) / "generations.jsonl"
     if not path.is_file():
         return ""
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    return R.stale_warning(records, R.load_readings(root / R.READINGS_FILE))
+    # The readings answer the criteria of the data's corpus (chapter 5).
+    criteria = D.corpus_for(P.config_samples(cfg)).reading_criteria
+    return R.stale_warning(records, R.load_readings(root / R.READINGS_FILE,
+                                                    criteria))
 
 
 def _build_finished(app, exc) -> None:
