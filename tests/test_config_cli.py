@@ -218,6 +218,29 @@ def test_data_edited_in_place_is_a_new_run(tmp_path):
     assert T.finished_run(cfg) is None
 
 
+def test_a_datasets_directory_edited_in_place_is_new_data(tmp_path):
+    """A saved datasets directory is hashed file by file: any file's bytes
+    or name change the digest; nothing else does."""
+    import os
+
+    from lorabook.config import data_digest
+    d = tmp_path / "ds"
+    (d / "sub").mkdir(parents=True)
+    (d / "data-00000.arrow").write_bytes(b"abc")
+    (d / "sub" / "state.json").write_text("{}")
+    first = data_digest(d)
+    assert first not in ("missing", data_digest(tmp_path / "nothing"))
+    assert data_digest(d) == first
+    st = (d / "data-00000.arrow").stat()
+    (d / "data-00000.arrow").write_bytes(b"abd")
+    os.utime(d / "data-00000.arrow", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    second = data_digest(d)
+    assert second != first
+    (d / "sub" / "state.json").rename(d / "sub" / "other.json")
+    assert data_digest(d) not in (first, second)
+    assert data_digest(tmp_path / "nothing") == "missing"
+
+
 def test_group_column_auto_is_address_only_for_the_shipped_corpus(tmp_path):
     from lorabook.config import Config
     assert load_config().group_column == "address"
