@@ -290,6 +290,35 @@ def test_few_shot_uses_the_nearest_year_and_chat_turns(tokenizer):
         G.chat_ids(turns[:2], tokenizer)
 
 
+def test_a_configs_instruction_replaces_the_corpuss(tokenizer):
+    """`instruction` (config, `lorabook new --instruction`): the worked
+    example and the task are both asked in its words, for any corpus; the
+    prompt goes where `{prompt}` stands (other braces stay), else after it."""
+    from lorabook import data as D
+    from lorabook.config import load_config
+    from lorabook.corpus import fill_instruction
+    train = [dict(id="t", prompt="Define “cat”.", response="A small feline.")]
+    corpus = D.corpus_for(train, "Give a dictionary {gloss} for: {prompt}")
+    turns = G.few_shot("Define “dog”.", train, corpus)
+    assert turns == ["Give a dictionary {gloss} for: Define “cat”.",
+                     "A small feline.", "Give a dictionary {gloss} for: Define “dog”."]
+    assert D.corpus_for(train) is D.corpus_for(train, None)      # unchanged
+    assert "Reply to the following" in G.few_shot("x", train)[2]
+    assert fill_instruction("Write a fortune.", "") == "Write a fortune."
+    assert fill_instruction("Answer it.", "Q?") == "Answer it.\n\nQ?"
+    sotu = [_sample(0, 1850)]
+    told = D.corpus_for(sotu, "Speak: {prompt}").instruction(sotu[0]["prompt"])
+    assert told == "Speak: " + sotu[0]["prompt"]
+    # an evaluation setting: a new evaluation, the same training run
+    a, b = load_config("tiny"), load_config("tiny", instruction="Speak.")
+    assert a.train_hash() == b.train_hash() and a.hash() != b.hash()
+    with pytest.raises(LorabookError, match="instruction"):
+        load_config("tiny", instruction="")
+    ds = [dict(id="t", labels=[-100, 5, 6])]
+    row = G.instructed_dataset(ds, train, train, tokenizer, corpus)[0]
+    assert "dictionary {gloss}" in tokenizer.decode(row["input_ids"][:-2])
+
+
 def test_instructed_perplexity_scores_the_same_response_tokens(
         scored, tokenizer, tiny_cfg):
     """The base model told the task is scored on exactly the tokens the

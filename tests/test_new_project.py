@@ -7,7 +7,8 @@ built as its README says, with the tiny preset: `lorabook train`,
 and PDF. The two sets cover what the loader takes that the shipped corpus
 does not: prompt/response pairs with `group_column: null` (WordNet
 definitions, with a dataset card) and text only, below the assignment's
-1,000-sample floor, with no card (fortunes: a starter card is written).
+1,000-sample floor, with no card (fortunes: a starter card is written)
+and an instruction of its own for the instructed base model.
 Both sets leave out the few entries that name the State of the Union's
 subjects, so a search of the PDF for its words finds only the report's own.
 """
@@ -29,10 +30,12 @@ pytestmark = pytest.mark.slow
 DATA = Path(__file__).parent / "data"
 BIN = Path(sys.executable).parent
 AUTHOR = "Jane Doe"
+INSTRUCTION = "Write one short saying, joke or quotation. Write only that."
 PROJECTS = {
     "definitions": dict(data=DATA / "wordnet" / "wordnet_nouns.jsonl",
                         group_column="none"),
-    "fortunes": dict(data=DATA / "fortunes" / "fortunes.txt", min_samples=800),
+    "fortunes": dict(data=DATA / "fortunes" / "fortunes.txt", min_samples=800,
+                     instruction=INSTRUCTION),
 }
 # Words of the State of the Union report that no report on other data may
 # print (the test sets themselves hold none of them).
@@ -67,7 +70,9 @@ def project(request, tmp_path_factory):
     raw = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True,
                          text=True, check=True).stdout
     # One line of text: words hyphenated at a line end joined again.
+    # Straight quotes for the typeset curly ones.
     text = re.sub(r"\s+", " ", re.sub(r"-\n(?=[a-z])", "", raw))
+    text = text.translate(str.maketrans("\u2018\u2019\u201c\u201d", "''\"\""))
     return SimpleNamespace(kind=kind, dir=dest, pdf=pdf, text=text, logs=logs)
 
 
@@ -122,3 +127,14 @@ def test_the_card_is_printed_or_its_placeholders_are_warned(project):
 def test_the_title_names_the_data(project):
     name = "WordNet noun definitions" if project.kind == "definitions" else "fortunes"
     assert S.project_title(name) in project.text
+
+
+def test_the_instructed_base_model_is_told_the_projects_instruction(project):
+    gens = [json.loads(l) for l in next((project.dir / "runs").glob(
+        "*/generations.jsonl")).read_text().splitlines()]
+    if project.kind == "fortunes":
+        assert all(g["instructed_prompt"] == INSTRUCTION for g in gens)
+        assert INSTRUCTION in project.text
+    else:
+        assert all(g["instructed_prompt"].startswith("Reply to the following")
+                   for g in gens)

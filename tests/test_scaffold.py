@@ -228,6 +228,26 @@ def test_a_given_card_is_copied_and_cited(tmp_path, pairs):
     assert not C.load_card(dest / "data/README.md").placeholders()
 
 
+def test_the_bibliography_drops_the_shipped_datas_citations(tmp_path, pairs):
+    """The bibliography prints every entry: the State of the Union's two
+    data citations are left out of another project's, lorabook's others
+    kept, entry for entry."""
+    ours = (REPO_ROOT / "book" / "references.bib").read_text()
+    keys = lambda bib: re.findall(r"^@\w+\{([^,\s]+),", bib, re.M)
+    shipped = C.load_card(REPO_ROOT / "data" / "README.md").citation_keys()
+    assert shipped and set(shipped) <= set(keys(ours))
+    card = tmp_path / "card.md"
+    card.write_text(CARD)
+    for given in (None, card):
+        dest = _new(tmp_path / f"proj{given is None}", pairs, card=given)
+        bib = (dest / "book/references.bib").read_text()
+        assert keys(bib) == [k for k in keys(ours) if k not in shipped] + (
+            ["letters2026"] if given else [])
+        assert "State of the Union" not in bib
+        body = lambda k, b: re.search(rf"^@\w+\{{{k},.*?^\}}", b, re.S | re.M)[0]
+        assert all(body(k, bib) == body(k, ours) for k in keys(bib) if k in keys(ours))
+
+
 def test_the_datas_own_card_is_copied(tmp_path, pairs, monkeypatch):
     (pairs.parent / "README.md").write_text(CARD)
     dest = _new(tmp_path / "proj", pairs)
@@ -302,10 +322,15 @@ def test_bad_data_write_nothing(tmp_path, pairs):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
-def test_instruction_is_not_a_config_field(tmp_path, pairs):
-    with pytest.raises(LorabookError, match="instruction"):
-        _new(tmp_path / "proj", pairs, instruction="Write a letter.")
-    assert not (tmp_path / "proj").exists()
+def test_the_instruction_goes_into_the_projects_config(tmp_path, pairs, monkeypatch):
+    told = "Answer this letter as its editor would: {prompt}"
+    dest = _new(tmp_path / "proj", pairs, instruction=told)
+    monkeypatch.chdir(dest / "book")
+    cfg = load_config("tiny")
+    assert cfg.instruction == told
+    with pytest.raises(LorabookError, match="instruction must be a non-empty"):
+        _new(tmp_path / "bad", pairs, instruction="  ")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_makefile_and_readme(tmp_path, pairs):

@@ -112,6 +112,10 @@ class Config:
     # evenly from the eras (evaluate.scored_prompts).
     n_metric_prompts: int = 96
     bootstrap_samples: int = 1000
+    # What the instructed base model is told (chapter 5): `{prompt}` marks
+    # the prompt's place, else the prompt follows after a blank line. None:
+    # the corpus's own words (corpus.Corpus.instruction).
+    instruction: str | None = None
 
     def __post_init__(self):
         if self.group_column == "auto":
@@ -194,7 +198,8 @@ def data_digest(path: Path) -> str:
 # Settings that only the evaluation reads (chapter 5); changing them keeps
 # a finished training run.
 EVALUATION_FIELDS = frozenset({"gen_max_new_tokens", "n_generation_prompts",
-                               "n_metric_prompts", "bootstrap_samples"})
+                               "n_metric_prompts", "bootstrap_samples",
+                               "instruction"})
 
 
 PRESETS: dict[str, dict] = {
@@ -248,6 +253,10 @@ def validate(cfg: Config) -> None:
                                          and cfg.batch_size % mb)):
         problems.append(f"micro_batch_size must be a positive divisor of "
                         f"batch_size ({cfg.batch_size}) or null, got {mb!r}")
+    if cfg.instruction is not None and not (
+            isinstance(cfg.instruction, str) and cfg.instruction.strip()):
+        problems.append(f"instruction must be a non-empty text or null, got "
+                        f"{cfg.instruction!r}")
     if cfg.pad_to_multiple_of < 1:
         problems.append(f"pad_to_multiple_of must be >= 1, got {cfg.pad_to_multiple_of}")
     if not (0 <= cfg.lora_dropout < 1):

@@ -11,7 +11,8 @@ A corpus offers:
 - `load_rules`: the cleaning rules run on the text when it is loaded.
   The generic default removes only invisible control characters, so that
   a user's brackets, links, code and spacing come through unchanged;
-- `instruction(prompt)`: what the instructed base model is told;
+- `instruction(prompt)`: what the instructed base model is told (a
+  config's `instruction` replaces it: `with_instruction`);
 - `example_for(prompt, train)`: its one worked example;
 - `new_prompts(...)`: prompts new to the model, for chapter 5;
 - `sample_description(samples)`: what one sample is, in a sentence or two
@@ -22,6 +23,7 @@ A corpus offers:
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 # The cleaning rule names are those of lorabook.sotu.cleaning, whose
@@ -90,6 +92,17 @@ class Corpus:
         return ("Reply to the following as its author would. Write only the "
                 f"reply, no comment.\n\n{prompt}")
 
+    def with_instruction(self, template: str | None) -> "Corpus":
+        """This corpus, telling the base model `template` instead (a
+        config's `instruction`; None: unchanged). `{prompt}` in it marks
+        where the prompt goes; without it the prompt follows after a blank
+        line (an empty prompt adds nothing)."""
+        if template is None:
+            return self
+        told = copy.copy(self)
+        told.instruction = lambda prompt: fill_instruction(template, prompt)
+        return told
+
     # How `example_for` picks the worked example, said in chapter 5.
     example_rule = "the first training sample"
 
@@ -127,6 +140,14 @@ class Corpus:
                      kind="test prompt least like the training prompts",
                      opening_overlap=index.longest(test[i]["prompt"]))
                 for i in ranked[:k]]
+
+
+def fill_instruction(template: str, prompt: str) -> str:
+    """`template` with the prompt in its `{prompt}` (plain text
+    replacement: other braces stay), or after it."""
+    if "{prompt}" in template:
+        return template.replace("{prompt}", prompt)
+    return f"{template}\n\n{prompt}" if prompt else template
 
 
 GENERIC = Corpus()

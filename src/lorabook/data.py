@@ -28,9 +28,11 @@ from lorabook.sotu.corpus import SOTU
 KNOWN_CORPORA: tuple[Corpus, ...] = (SOTU,)
 
 
-def corpus_for(samples: list[dict]) -> Corpus:
-    """The known corpus whose form the samples have, else `GENERIC`."""
-    return next((c for c in KNOWN_CORPORA if c.matches(samples)), GENERIC)
+def corpus_for(samples: list[dict], instruction: str | None = None) -> Corpus:
+    """The known corpus whose form the samples have, else `GENERIC`; with
+    `instruction` (a config's), telling the base model that instead."""
+    corpus = next((c for c in KNOWN_CORPORA if c.matches(samples)), GENERIC)
+    return corpus.with_instruction(instruction)
 
 
 # --------------------------------------------------------------------------

@@ -234,12 +234,12 @@ def _decoding_comparison(model, tokenizer, cfg, prompts, chosen, refs,
 
 
 def _instruction_comparison(model, tokenizer, cfg, prompts, bare, told,
-                            refs, seconds) -> dict:
+                            refs, seconds, corpus) -> dict:
     """Why one worked example: the base model with the instruction alone
     on the same prompts, against its bare (`bare`) and instructed (`told`)
     generations."""
     t0 = time.time()
-    zero, _ = _timed(model, tokenizer, [instructed_prompt(p) for p in prompts],
+    zero, _ = _timed(model, tokenizer, [instructed_prompt(p, corpus) for p in prompts],
                      cfg, False, **DECODING)
     seconds["instruction alone"] = time.time() - t0
     rows = []
@@ -294,7 +294,8 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
     new = new_prompts(splits, all_samples)
     items = scored + new              # all prompts, in as few batches as fit
     bare = [s["prompt"] for s in items]
-    corpus = D.corpus_for(train)      # once: it reads every training prompt
+    # Once: it reads every training prompt.
+    corpus = D.corpus_for(train, cfg.instruction)
     told = [few_shot(p, train, corpus) for p in bare]
     if verbose:
         print(f"Generating for {n_metric} test prompts and {len(new)} new "
@@ -343,7 +344,7 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
         refs[:n_dec], index, seconds)
     out["instruction_comparison"] = _instruction_comparison(
         model, tokenizer, cfg, bare[:n_dec], gens["base"][:n_dec],
-        gens["base_instructed"][:n_dec], refs[:n_dec], seconds)
+        gens["base_instructed"][:n_dec], refs[:n_dec], seconds, corpus)
 
     # Records of the shown generations, for the chapter and the assessment.
     shown = list(show_at) + list(range(n_metric, len(items)))
@@ -406,9 +407,11 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
     if verbose:
         print("Scoring test and validation perplexity ...", flush=True)
     result = dict(config_hash=cfg.hash(), eval_version=EVAL_VERSION)
+    # The instructed base model's words: the config's, else the corpus's.
+    corpus = D.corpus_for(splits["train"], cfg.instruction)
     for name in ("test", "validation"):
         told = instructed_dataset(enc.splits[name], splits[name],
-                                  splits["train"], tokenizer)
+                                  splits["train"], tokenizer, corpus)
         result[name] = score_split(model, enc.splits[name], collator, cfg,
                                    instructed=told)
         M.release_free_memory()

@@ -159,7 +159,7 @@ def few_shot(prompt: str, train: list[dict], corpus=None) -> list[str]:
 
 
 def instructed_dataset(dataset, samples: list[dict], train: list[dict],
-                       tokenizer):
+                       tokenizer, corpus=None):
     """The same examples with the instructed base model's chat (the task
     said, one worked example: `few_shot`) in place of the bare prompt.
 
@@ -168,7 +168,7 @@ def instructed_dataset(dataset, samples: list[dict], train: list[dict],
     """
     from datasets import Dataset
     by_id = {s["id"]: s for s in samples}
-    corpus = D.corpus_for(train)      # once: it reads every training prompt
+    corpus = corpus or D.corpus_for(train)   # once: it reads every training prompt
     rows = []
     for ex in dataset:
         response = [t for t in ex["labels"] if t != -100]

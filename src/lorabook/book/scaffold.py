@@ -107,14 +107,25 @@ def chapter_text(text: str, book_dir: Path) -> str:
     return _PATH_DIRECTIVE.sub(fix, text)
 
 
+_ENTRY = re.compile(r"^(@\w+\{([^,\s]+),.*?^\})\n*", re.S | re.M)
+# The card of the data lorabook ships: its citations are that corpus's,
+# not lorabook's, and stay out of another project's references.bib.
+SHIPPED_CARD = REPO_ROOT / "data" / "README.md"
+
+
 def _bib_with_card(bib: str, card: C.Card | None) -> str:
-    """references.bib with the card's citations it lacks (chapter 1 cites
-    them)."""
+    """lorabook's references.bib without the shipped data's citations (the
+    bibliography prints every entry), plus the card's citations it lacks
+    (chapter 1 cites them)."""
+    shipped = (set(C.load_card(SHIPPED_CARD).citation_keys())
+               if SHIPPED_CARD.is_file() else set())
+    if card is not None:
+        shipped -= set(card.citation_keys())
+    bib = _ENTRY.sub(lambda m: "" if m[2] in shipped else m[0], bib)
     if card is None:
         return bib
-    have = set(re.findall(r"^@\w+\{([^,\s]+),", bib, re.M))
-    extra = [e for e in re.findall(r"^(@\w+\{.*?^\})", card.bibtex(), re.S | re.M)
-             if re.match(r"@\w+\{([^,\s]+),", e)[1] not in have]
+    have = {m[2] for m in _ENTRY.finditer(bib)}
+    extra = [m[1] for m in _ENTRY.finditer(card.bibtex()) if m[2] not in have]
     if not extra:
         return bib
     return (bib.rstrip("\n") + "\n\n% From the dataset card's Citation "
@@ -122,7 +133,7 @@ def _bib_with_card(bib: str, card: C.Card | None) -> str:
 
 
 def config_fields(data_rel: str, *, text_column, prompt_column, response_column,
-                  group_column, min_samples, model) -> dict:
+                  group_column, min_samples, model, instruction=None) -> dict:
     """The fields of the project's lorabook.yaml, in order."""
     fields: dict = {"data_path": data_rel}
     if text_column is not None:
@@ -135,6 +146,8 @@ def config_fields(data_rel: str, *, text_column, prompt_column, response_column,
         fields["min_samples"] = min_samples
     if model is not None:
         fields["model_name"] = model
+    if instruction is not None:
+        fields["instruction"] = instruction
     return fields
 
 
@@ -145,7 +158,9 @@ def lorabook_yaml(fields: dict) -> str:
              "# field of lorabook's Config (src/lorabook/config.py) may be set",
              "# here; the preset comes from $LORABOOK_PRESET (default: default).",
              "# group_column: a column of related samples that the split keeps",
-             "# together (null: split sample by sample)."]
+             "# together (null: split sample by sample). instruction: what the",
+             "# instructed base model is told in chapter 5, {prompt} where the",
+             "# prompt goes (unset: a generic instruction)."]
     lines += [f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in fields.items()]
     return "\n".join(lines) + "\n"
 
@@ -254,11 +269,6 @@ def new_project(dest, data, *, card=None, name: str | None = None,
     empty) and return its path. `echo` prints the progress (None: quiet)."""
     dest = Path(dest).expanduser().absolute()
     src = Path(data).expanduser().absolute()
-    if instruction is not None:
-        raise LorabookError(
-            "the base model's instruction is not a config field: lorabook "
-            "takes it from the corpus (Corpus.instruction); leave out "
-            "--instruction")
     if group_column == "none":
         group_column = None
     _check_dest(dest)
@@ -270,7 +280,7 @@ def new_project(dest, data, *, card=None, name: str | None = None,
                            prompt_column=prompt_column,
                            response_column=response_column,
                            group_column=group_column, min_samples=min_samples,
-                           model=model)
+                           model=model, instruction=instruction)
     try:
         cfg = Config(**{**fields, "data_path": str(src)})
     except TypeError as e:
@@ -404,11 +414,15 @@ def add_new_command(sub) -> None:
                    "(default and 'none': split sample by sample)")
     p.add_argument("--min-samples", type=int)
     p.add_argument("--model", help="base model (default: the bundled one)")
+    p.add_argument("--instruction", help="what the instructed base model is "
+                   "told in chapter 5; {prompt} marks the prompt's place "
+                   "(default: a generic instruction)")
     p.set_defaults(func=_cmd_new)
 
 
 def _cmd_new(args) -> int:
     new_project(args.dest, args.data, **{k: getattr(args, k) for k in (
         "card", "name", "title", "text_column", "prompt_column",
-        "response_column", "group_column", "min_samples", "model")})
+        "response_column", "group_column", "min_samples", "model",
+        "instruction")})
     return 0
