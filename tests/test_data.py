@@ -287,9 +287,11 @@ def test_split_grouped_deterministic_and_sized():
                       n_train=30, n_val=5, n_test=7)
     assert [len(d[k]) for k in ("train", "validation", "test")] == [30, 5, 7]
     assert {s["id"] for s in d["test"]} <= {s["id"] for s in a["test"]}
-    with pytest.raises(LorabookError, match="validation split has 20"):
-        split_samples(samples, seed=1, val_fraction=0.1, test_fraction=0.2,
-                      n_val=21)
+    # a split smaller than its size is kept whole, as with None
+    e = split_samples(samples, seed=1, val_fraction=0.1, test_fraction=0.2,
+                      n_val=21, n_test=7)
+    assert e["validation"] == a["validation"] and len(e["validation"]) == 20
+    assert e["test"] == d["test"]
 
 
 def test_describe_and_preview():

@@ -194,7 +194,7 @@ def test_evaluate_run_writes_metrics(tiny_cfg, tiny_run):
     g = res["generation"]
     assert set(g["seconds"]) >= set(E.SYSTEMS)
     assert [r["decoding"] for r in g["decoding_comparison"]["rows"]] == [
-        G.DECODING_NAME, *G.DECODING_ALTERNATIVES, "real continuations"]
+        G.DECODING_NAME, *G.DECODING_ALTERNATIVES, "real texts"]
     st = res["style"]
     assert 0 <= st["real"]["balanced"] <= 1 and st["chance"] == pytest.approx(
         1 / len(st["eras"]))
@@ -252,6 +252,14 @@ def test_new_prompts_for_other_data_follow_the_stated_rule():
     # least like any training prompt first: b shares 0 words, c 3, a 4
     assert [p["id"] for p in new] == ["b", "c"]
     assert new[0]["reference"] == "r2"
+    # a prompt shown already among the scored ones is passed over ...
+    new = E.new_prompts(dict(train=train, validation=[], test=test), train,
+                        k=2, shown=frozenset({"b"}))
+    assert [p["id"] for p in new] == ["c", "a"]
+    # ... unless too few would remain
+    new = E.new_prompts(dict(train=train, validation=[], test=test), train,
+                        k=3, shown=frozenset({"b"}))
+    assert [p["id"] for p in new] == ["b", "c", "a"]
     text_only = [dict(id="x", prompt="", response="some text")] * 3
     new = E.new_prompts(dict(train=text_only, validation=[], test=text_only),
                         text_only, k=3)
@@ -303,7 +311,7 @@ def test_a_configs_instruction_replaces_the_corpuss(tokenizer):
     assert turns == ["Give a dictionary {gloss} for: Define “cat”.",
                      "A small feline.", "Give a dictionary {gloss} for: Define “dog”."]
     assert D.corpus_for(train) is D.corpus_for(train, None)      # unchanged
-    assert "Reply to the following" in G.few_shot("x", train)[2]
+    assert "Write the reply to the following" in G.few_shot("x", train)[2]
     assert fill_instruction("Write a fortune.", "") == "Write a fortune."
     assert fill_instruction("Answer it.", "Q?") == "Answer it.\n\nQ?"
     sotu = [_sample(0, 1850)]

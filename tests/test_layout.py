@@ -76,11 +76,13 @@ def test_module_sizes():
     before the corpus plug-in, corpus.py, took the SOTU branches out of the
     stages; 3,850 before the dataset card, card.py; 4,000 before the
     corpus plug-in took the book's corpus-specific words, reading criteria
-    and control texts, and the card its citations)."""
+    and control texts, and the card its citations; 4,100 before the
+    config's instruction, the digest of a saved datasets directory and the
+    Trainer's machine settings as one helper, device_arguments)."""
     sizes = {m: len(p.read_text().splitlines()) for m, p in _modules().items()}
     assert max(sizes.values()) <= 500, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
     top = sum(n for m, n in sizes.items() if "." not in m)
-    assert top <= 4100, top
+    assert top <= 4150, top
 
 
 def test_speed_layer_off_trains_with_plain_peft_trainer_and_bitsandbytes(

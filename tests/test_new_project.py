@@ -136,5 +136,23 @@ def test_the_instructed_base_model_is_told_the_projects_instruction(project):
         assert all(g["instructed_prompt"] == INSTRUCTION for g in gens)
         assert INSTRUCTION in project.text
     else:
-        assert all(g["instructed_prompt"].startswith("Reply to the following")
+        assert all(g["instructed_prompt"].startswith("Write the reply to the following")
                    for g in gens)
+
+
+def test_sentences_follow_the_kind_of_data(project):
+    """What a strict reader of the first builds found written for another
+    kind of data: prompts for text-only data, a floor met that is not, the
+    overlap scores dismissed as for open continuations, a bibliography
+    entry only the State of the Union's sections cite."""
+    t = project.text
+    assert "Carlini" not in t
+    if project.kind == "fortunes":
+        assert "One requirement is not met: the data have 817 samples" in t
+        assert "These data have no prompts: every generation starts" in t
+        assert "TEXT:" in t and "PROMPT:" not in t
+        assert "These data have no prompts: the masked prompt is only" in t
+    else:
+        assert "One requirement is not met" not in t
+        assert "Each prompt has one real response, so these scores" in t
+        assert "PROMPT:" in t and "1,198 samples in 1,198 groups" not in t

@@ -228,24 +228,27 @@ def test_a_given_card_is_copied_and_cited(tmp_path, pairs):
     assert not C.load_card(dest / "data/README.md").placeholders()
 
 
-def test_the_bibliography_drops_the_shipped_datas_citations(tmp_path, pairs):
-    """The bibliography prints every entry: the State of the Union's two
-    data citations are left out of another project's, lorabook's others
-    kept, entry for entry."""
+def test_the_bibliography_holds_what_the_projects_chapters_cite(tmp_path, pairs):
+    """The bibliography prints every entry: a project's holds lorabook's
+    entries that its chapters cite (not the State of the Union's data, not
+    the contamination check's paper, which only the SOTU sections cite),
+    entry for entry, and its card's."""
     ours = (REPO_ROOT / "book" / "references.bib").read_text()
     keys = lambda bib: re.findall(r"^@\w+\{([^,\s]+),", bib, re.M)
-    shipped = C.load_card(REPO_ROOT / "data" / "README.md").citation_keys()
-    assert shipped and set(shipped) <= set(keys(ours))
     card = tmp_path / "card.md"
     card.write_text(CARD)
     for given in (None, card):
         dest = _new(tmp_path / f"proj{given is None}", pairs, card=given)
         bib = (dest / "book/references.bib").read_text()
-        assert keys(bib) == [k for k in keys(ours) if k not in shipped] + (
-            ["letters2026"] if given else [])
-        assert "State of the Union" not in bib
+        chapters = " ".join(p.read_text() for p in (dest / "book").glob("*.md"))
+        roles = {k for ks in re.findall(r"\{cite:\w+\}`([^`]+)`", chapters)
+                 for k in ks.split(",")}
+        cited = [k for k in keys(ours) if k in roles]
+        assert keys(bib) == cited + (["letters2026"] if given else [])
+        assert {"hu2022lora", "lin2004rouge", "trl_issue976"} <= set(cited)
+        assert not {"stdlib_sotu", "wikisource_sotu", "carlini2021extracting"} & set(keys(bib))
         body = lambda k, b: re.search(rf"^@\w+\{{{k},.*?^\}}", b, re.S | re.M)[0]
-        assert all(body(k, bib) == body(k, ours) for k in keys(bib) if k in keys(ours))
+        assert all(body(k, bib) == body(k, ours) for k in cited)
 
 
 def test_the_datas_own_card_is_copied(tmp_path, pairs, monkeypatch):
@@ -347,7 +350,7 @@ def test_makefile_and_readme(tmp_path, pairs):
     assert "make book" in readme and "data/README.md" in readme
     assert "author" in readme and f"{bin_dir}/jupyter-book build book" in readme
     # 30 samples are fewer than the default preset draws: said, not fatal.
-    assert "n_train=1024" in readme
+    assert "up to n_train=1024" in readme and "all of each is used" in readme
 
 
 def test_cli_new(tmp_path, pairs, capsys):

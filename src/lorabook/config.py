@@ -41,8 +41,8 @@ class Config:
     # the shipped corpus's `address`, None for any other data.
     group_column: str | None = "auto"
     min_samples: int = 1000               # the assignment's floor
-    # Sizes of the seeded subset per split; None means "all of the split"
-    # (the `full` preset). The default draws 1,024 passages (at least 1,000,
+    # Sizes of the seeded subset per split, at most: a smaller split is
+    # used whole; None means "all of the split" (the `full` preset). The default draws 1,024 passages (at least 1,000,
     # the assignment's floor for a dataset, remain after the few whose
     # prompt alone exceeds max_length are dropped: 128 batches of 8);
     # validation and test keep fixed seeded subsets.

@@ -49,7 +49,8 @@ class Corpus:
     # qualities yes, partly or no; the faults none, or what was found.
     reading_criteria = {
         "coherent": "Does it make sense, sentence by sentence and as a whole?",
-        "on_topic": "Does it continue the prompt's subject?",
+        "on_topic": "Does it keep to its prompt's subject (to one subject "
+                    "where there is no prompt)?",
         "own_voice": "Does it write as the data's own authors do, not about "
                      "the text or the task?",
         "invented_facts": "Names, numbers or events that are wrong or made up?",
@@ -64,8 +65,8 @@ class Corpus:
         """The introduction's statement of the task and of the goals that
         chapter 5's conclusion answers (MyST)."""
         what = (f"write a text like those of *{name}*" if text_only else
-                f"given a prompt from *{name}*, write its response as the "
-                "data do")
+                f"write the response to a prompt of *{name}* as the data "
+                "do")
         return (f"**The task.** To {what} ({{ref}}`ch-dataset`). An "
                 "instruction-tuned small model writes generic assistant "
                 "prose. I set the fine-tuned model two goals, which the "
@@ -89,8 +90,8 @@ class Corpus:
         if not prompt:
             return ("Write one passage of the kind of text you were trained "
                     "on. Write only the text, no comment.")
-        return ("Reply to the following as its author would. Write only the "
-                f"reply, no comment.\n\n{prompt}")
+        return ("Write the reply to the following, in the form it calls "
+                f"for. Write only the reply, no comment.\n\n{prompt}")
 
     def with_instruction(self, template: str | None) -> "Corpus":
         """This corpus, telling the base model `template` instead (a

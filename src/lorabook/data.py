@@ -314,7 +314,9 @@ def split_samples(samples: list[dict], *, seed: int, val_fraction: float,
     """Seeded split by whole groups, then an optional seeded subset.
 
     Groups (e.g. addresses) never straddle two splits, so the test set holds
-    speeches the model never saw a sentence of.
+    groups the model never saw a sample of. `n_train`, `n_val`, `n_test`:
+    at most this many of each split (None: all); a split that holds fewer
+    is kept whole.
     """
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1
             and val_fraction + test_fraction < 1):
@@ -338,15 +340,9 @@ def split_samples(samples: list[dict], *, seed: int, val_fraction: float,
                                      "test": []}
     for s in samples:
         splits[which.get(s["group"], "train")].append(s)
-    for name, n, opt in (("train", n_train, "n_train"),
-                         ("validation", n_val, "n_val"),
-                         ("test", n_test, "n_test")):
-        if n is None:
+    for name, n in (("train", n_train), ("validation", n_val), ("test", n_test)):
+        if n is None or len(splits[name]) <= n:
             continue
-        if len(splits[name]) < n:
-            raise LorabookError(
-                f"the {name} split has {len(splits[name])} samples, fewer "
-                f"than {opt}={n}; lower `{opt}` or set it to null for all.")
         idx = random.Random(f"{seed}-{name}").sample(
             range(len(splits[name])), n)
         splits[name] = [splits[name][i] for i in sorted(idx)]

@@ -32,13 +32,18 @@ from lorabook.memorization import memorization_check
 from lorabook.sotu.era import ERA_BOUNDS, era_judge, stratified_by_era
 from lorabook.speed.label_only import backbone_and_head, labelled_hidden
 
-def new_prompts(splits: dict, all_samples, k: int = 4) -> list[dict]:
+def new_prompts(splits: dict, all_samples, k: int = 4,
+                shown: frozenset = frozenset()) -> list[dict]:
     """Prompts that are new to the model, by the rule of the data's corpus
     (`Corpus.new_prompts`): for the State of the Union, year/president
     pairs with no address; for other prompt/response data, the `k` test
     prompts least like any training prompt; for text-only data, `k` empty
-    prompts (unconditional samples)."""
+    prompts (unconditional samples). `shown`: ids of test prompts shown
+    already, which prompt/response data pass over while `k` others remain."""
     corpus = D.corpus_for(splits["train"])
+    test = [s for s in splits["test"] if s["id"] not in shown]
+    if len(test) >= k:
+        splits = dict(splits, test=test)
     return corpus.new_prompts(splits, all_samples, k, X.build_overlap_index)
 
 
@@ -226,7 +231,7 @@ def _decoding_comparison(model, tokenizer, cfg, prompts, chosen, refs,
             stop_rate=float(np.mean([t["stopped"] for t in texts])),
             mean_words=X.mean_length_words(tx), rouge_l=X.rouge_l(tx, refs)))
     r = X.summarize_generations(refs, refs, index)
-    rows.append(dict(decoding="real continuations", parameters="",
+    rows.append(dict(decoding="real texts", parameters="",
                      repeated_3grams=r["repeated_3gram_rate"],
                      loop_rate=r["loop_rate"], distinct_2=r["distinct_2"],
                      stop_rate=1.0, mean_words=r["mean_words"], rouge_l=1.0))
@@ -245,7 +250,7 @@ def _instruction_comparison(model, tokenizer, cfg, prompts, bare, told,
     rows = []
     for label, texts in (("bare prompt", bare), ("instruction alone", zero),
                          ("instruction + one example", told),
-                         ("real continuations", None)):
+                         ("real texts", None)):
         tx = refs if texts is None else [t["text"] for t in texts]
         rows.append(dict(
             base_model_prompt=label, rouge_l=X.rouge_l(tx, refs),
@@ -291,7 +296,8 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
     scored = scored_prompts(cfg, splits, full)
     n_metric = len(scored)
     show_at = shown_prompts(scored, cfg.n_generation_prompts)
-    new = new_prompts(splits, all_samples)
+    new = new_prompts(splits, all_samples,
+                      shown=frozenset(scored[i]["id"] for i in show_at))
     items = scored + new              # all prompts, in as few batches as fit
     bare = [s["prompt"] for s in items]
     # Once: it reads every training prompt.

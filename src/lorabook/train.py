@@ -239,6 +239,17 @@ def multi_process_sampling() -> dict | None:
     return None
 
 
+def device_arguments(cfg: Config) -> dict:
+    """The Trainer's settings that depend on the machine: bf16 autocast
+    where it pays, fp16 on a GPU without bf16 (a T4), the CPU when there
+    is no GPU, and the sampling of several processes
+    (`multi_process_sampling`; None in one)."""
+    on_gpu = torch.cuda.is_available()
+    return dict(bf16=M.use_bf16(cfg), fp16=M.use_fp16(cfg), use_cpu=not on_gpu,
+                dataloader_pin_memory=on_gpu,
+                accelerator_config=multi_process_sampling())
+
+
 def training_arguments(cfg: Config, out: Path, n_train: int):
     """The Trainer's settings, every one written out (chapter 3)."""
     # Adapted from the assignment's TrainingArguments example and the PEFT
@@ -246,7 +257,6 @@ def training_arguments(cfg: Config, out: Path, n_train: int):
     # the best checkpoint restored, mixed precision by device.
     from transformers import TrainingArguments
     steps = eval_every(cfg, n_train)
-    on_gpu = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=cfg.epochs,
@@ -257,32 +267,23 @@ def training_arguments(cfg: Config, out: Path, n_train: int):
         lr_scheduler_type="linear",           # warm up, then decay to 0
         warmup_steps=math.ceil(cfg.warmup_ratio * optimizer_steps(cfg, n_train)),
         weight_decay=cfg.weight_decay,
-        eval_strategy="steps",                # validation loss every
-        eval_steps=steps,                     # `steps` optimizer steps,
-        save_strategy="steps",                # with a checkpoint each time
-        save_steps=steps,
-        save_total_limit=2,                   # the best and the last
-        load_best_model_at_end=True,          # restore the best checkpoint
-        metric_for_best_model="eval_loss",
+        # The validation loss and a checkpoint every `steps` optimizer
+        # steps; the best and the last kept, the best restored at the end.
+        eval_strategy="steps", eval_steps=steps,
+        save_strategy="steps", save_steps=steps, save_total_limit=2,
+        load_best_model_at_end=True, metric_for_best_model="eval_loss",
         greater_is_better=False,
         # Named explicitly: the Trainer's signature lookup missed PEFT
         # models in older transformers (issue 33420): no eval loss.
         label_names=["labels"],
-        logging_steps=cfg.logging_steps,
-        logging_first_step=True,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        seed=cfg.seed, data_seed=cfg.seed,
         # Batches of similar length: less padding to compute.
         train_sampling_strategy=("group_by_length" if cfg.group_by_length
                                  else "random"),
-        accelerator_config=multi_process_sampling(),   # None in one process
-        bf16=M.use_bf16(cfg),                 # autocast where it pays
-        fp16=M.use_fp16(cfg),                 # a GPU without bf16 (T4)
-        use_cpu=not on_gpu,
-        dataloader_pin_memory=on_gpu,
-        report_to="none",
+        **device_arguments(cfg),              # precision, CPU or GPU
+        report_to="none", prediction_loss_only=True,
         disable_tqdm=True,                    # plain log lines instead
-        prediction_loss_only=True,
     )
 
 

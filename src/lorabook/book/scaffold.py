@@ -108,20 +108,17 @@ def chapter_text(text: str, book_dir: Path) -> str:
 
 
 _ENTRY = re.compile(r"^(@\w+\{([^,\s]+),.*?^\})\n*", re.S | re.M)
-# The card of the data lorabook ships: its citations are that corpus's,
-# not lorabook's, and stay out of another project's references.bib.
-SHIPPED_CARD = REPO_ROOT / "data" / "README.md"
+_CITE = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")
 
 
-def _bib_with_card(bib: str, card: C.Card | None) -> str:
-    """lorabook's references.bib without the shipped data's citations (the
-    bibliography prints every entry), plus the card's citations it lacks
-    (chapter 1 cites them)."""
-    shipped = (set(C.load_card(SHIPPED_CARD).citation_keys())
-               if SHIPPED_CARD.is_file() else set())
-    if card is not None:
-        shipped -= set(card.citation_keys())
-    bib = _ENTRY.sub(lambda m: "" if m[2] in shipped else m[0], bib)
+def _bib_for(bib: str, chapters: list[str], card: C.Card | None) -> str:
+    """lorabook's references.bib with only the entries the project's
+    chapters cite (the bibliography prints every entry it holds), plus
+    the card's citations (chapter 1 cites them)."""
+    cited = {k.strip() for text in chapters for m in _CITE.finditer(text)
+             for k in m[1].split(",")}
+    card_keys = set(card.citation_keys()) if card is not None else set()
+    bib = _ENTRY.sub(lambda m: m[0] if m[2] in cited | card_keys else "", bib)
     if card is None:
         return bib
     have = {m[2] for m in _ENTRY.finditer(bib)}
@@ -298,13 +295,12 @@ def new_project(dest, data, *, card=None, name: str | None = None,
         ("train", "n_train", cfg.n_train), ("validation", "n_val", cfg.n_val),
         ("test", "n_test", cfg.n_test)) if n is not None and len(splits[name]) < n]
     warn_split = "" if not short else (
-        "the default preset draws " + ", ".join(f"{o}={n}" for o, n, _ in short)
-        + " samples, but the splits of these data hold only "
-        + ", ".join(str(h) for *_, h in short) + ": set " + ", ".join(
-            o for o, *_ in short) + " lower (or null: the whole split) in "
-        "lorabook.yaml, or training stops.")
+        "the default preset draws up to " + ", ".join(
+            f"{o}={n}" for o, n, _ in short) + " samples; the splits of these "
+        "data hold " + ", ".join(f"{h:,}" for *_, h in short)
+        + ", so all of each is used.")
     if warn_split:
-        _say(echo, "warning: " + warn_split)
+        _say(echo, "note: " + warn_split)
         warn_split = f"\n**Note.** {warn_split[0].upper()}{warn_split[1:]}\n"
     src_card = Path(card).expanduser().absolute() if card is not None \
         else C.card_path(src)
@@ -356,13 +352,14 @@ def new_project(dest, data, *, card=None, name: str | None = None,
         (tmp / "_toc.yml").write_text(T.toc_yaml(corpus.features), encoding="utf-8")
         for f in ("_config.yml", "_toc.yml"):
             os.symlink(f"../{f}", tmp / "book" / f)
-        for f in files:
-            text = (BOOK_SRC / f"{f}.md").read_text(encoding="utf-8")
+        chapters = [(BOOK_SRC / f"{f}.md").read_text(encoding="utf-8")
+                    for f in files]
+        for f, text in zip(files, chapters):
             (tmp / "book" / f"{f}.md").write_text(
                 chapter_text(text, book_dest), encoding="utf-8")
         bib = (BOOK_SRC / "references.bib").read_text(encoding="utf-8")
         (tmp / "book" / "references.bib").write_text(
-            _bib_with_card(bib, the_card), encoding="utf-8")
+            _bib_for(bib, chapters, the_card), encoding="utf-8")
         (tmp / "book" / "readings.yaml").write_text(
             "# Your reading of each generation chapter 5 shows, pinned to its\n"
             "# text (`python -m lorabook.book.reading` lists them with their\n"

@@ -254,7 +254,7 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
     near = abs(F["mean_words"] - R["mean_words"]) <= 0.2 * R["mean_words"]
     lines.append(_goal(
         "Form (length within a fifth of the real)", near,
-        f"The fine-tuned continuations average {fmt(F['mean_words'])} words "
+        f"The fine-tuned model's texts average {fmt(F['mean_words'])} words "
         f"against {fmt(R['mean_words'])} for the real ones, and end by "
         f"themselves in {pct(F['stop_rate'])} of cases."))
     short = [name for name, bad in (
@@ -263,14 +263,15 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
         ("the voice measure does not separate the fine-tuned model from "
          "the instructed base model",
          bool(st and "paired" in st and st["paired"]["we"]["ci_low"] <= 0)),
-        (f"the {w} are {'shorter' if F['mean_words'] < R['mean_words'] else 'longer'}"
+        (f"the fine-tuned model's texts are "
+         f"{'shorter' if F['mean_words'] < R['mean_words'] else 'longer'}"
          " than the real ones", not near)) if bad]
     lines += ["", "**What went wrong.** "
               + (("By the numbers: " + "; ".join(short) + ". ") if short else
                  "No measure above falls short. ")
               + "My readings of the shown generations (the human assessment "
-              "above) judge what the measures cannot: whether a continuation "
-              "makes sense, keeps the opening's subject and states true "
+              "above) judge what the measures cannot: whether a generation "
+              "makes sense, stays on its subject and states true "
               "facts. The facts in any generation are the model's invention.",
               ""]
     helps = []
