@@ -150,9 +150,9 @@ def test_sentences_follow_the_kind_of_data(project):
     if project.kind == "fortunes":
         assert "One requirement is not met: the data have 817 samples" in t
         assert "These data have no prompts: every generation starts" in t
-        assert "TEXT:" in t and "PROMPT:" not in t
+        assert "PROMPT: (none: text-only data)" in t
         assert "These data have no prompts: the masked prompt is only" in t
     else:
         assert "One requirement is not met" not in t
         assert "Each prompt has one real response, so these scores" in t
-        assert "PROMPT:" in t and "1,198 samples in 1,198 groups" not in t
+        assert "PROMPT: (none: text-only data)" not in t

@@ -145,11 +145,13 @@ SHARE_MATCH = 0.05
 
 
 def conclusion(res: dict, metrics: dict, rs: dict | None,
-               small: dict | None, corpus=None) -> str:
+               small: dict | None, corpus=None,
+               whole_train: int | None = None) -> str:
     """The introduction's goals answered with this build's numbers, what went
     wrong and what would help, as Markdown. Every verdict is computed.
     `corpus` (default: the State of the Union) names the samples; voice and
-    era are goals only where the evaluation judged them."""
+    era are goals only where the evaluation judged them. `whole_train`: the
+    size of the whole training split (None: larger than what was trained on)."""
     from lorabook.sotu.corpus import SOTU
     corpus = corpus or SOTU
     w = corpus.samples_word
@@ -268,11 +270,12 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
          " than the real ones", not near)) if bad]
     lines += ["", "**What went wrong.** "
               + (("By the numbers: " + "; ".join(short) + ". ") if short else
-                 "No measure above falls short. ")
+                 "No measure above falls short of its goal. ")
               + "My readings of the shown generations (the human assessment "
               "above) judge what the measures cannot: whether a generation "
               "makes sense, stays on its subject and states true "
-              "facts. The facts in any generation are the model's invention.",
+              "facts. Whatever a generation states as fact is the model's "
+              "guess, to be checked against the real text.",
               ""]
     helps = []
     if rs:
@@ -328,10 +331,14 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
     lines.append(
         "**What would improve it.** "
         + ("Measured here: " + "; ".join(helps) + ". " if helps else "")
-        + f"I trained on {metrics['n_train']:,} of the training "
-        f"split's {w} for {metrics['epochs']} epochs; training on all "
-        f"of them and scoring every validation and test {corpus.sample_word} "
-        "is the next step, meant for a GPU (the full preset), not run here. "
+        + (f"I trained on {metrics['n_train']:,} of the training "
+           f"split's {w} for {metrics['epochs']} epochs; training on all "
+           f"of them and scoring every validation and test {corpus.sample_word} "
+           "is the next step, meant for a GPU (the full preset), not run here. "
+           if whole_train is None or metrics["n_train"] < whole_train else
+           f"I trained on the whole training split ({metrics['n_train']:,} {w}) "
+           f"for {metrics['epochs']} epochs; more data of this kind is the "
+           "surest next step. ")
         + ("A larger model and a prompt that names the occasion (an annual "
            "message to Congress) are the next levers, untried here."
            if judged else "A larger model is the next lever, untried here."))
