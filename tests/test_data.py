@@ -365,3 +365,13 @@ def test_cleaning_table_kinds_and_shown_removal():
     # the context's own full stop is kept, only the "..." marks go
     assert D.shown_removal("...a b.\u27e6[1]\u27e7 c d....") == "a b.\u27e6[1]\u27e7 c d."
     assert D.shown_removal("4 1\u27e6\x02\u27e7 per") == "4 1\u27e6U+0002\u27e7 per"
+
+
+def test_a_shown_removal_names_invisible_characters_of_its_context():
+    """A backspace beside the removed one (overstruck text) is named, not
+    printed: print has no glyph for it and LaTeX stops on it."""
+    from lorabook.data import shown_removal
+    shown = shown_removal("...a very _\x08\u27e6\x08\u27e7U\x08N lucky day...")
+    assert shown == "a very _[U+0008]\u27e6U+0008\u27e7U[U+0008]N lucky day"
+    assert all(c.isprintable() or c.isspace() for c in shown)
+    assert shown_removal("...x\n\u27e6--\u27e7y...") == "x\n\u27e6--\u27e7y"

@@ -426,6 +426,10 @@ def shown_removal(example: str, before: int = 18, after: int = 14,
         right = right[:after]
         right = right.rsplit(" ", 1)[0] if " " in right[1:-1] else right
         right = right + "\u2026"
+    # Invisible characters of the context are named too: print has no glyph
+    # for them (a backspace stops LaTeX).
+    left, right = ("".join(c if c.isprintable() or c.isspace() else f"[U+{ord(c):04X}]"
+                           for c in t) for t in (left, right))
     return left + "\u27e6" + cut + "\u27e7" + right
 
 

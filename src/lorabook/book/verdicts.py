@@ -194,8 +194,8 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
                   f"{pct(bc['share_prefix_k'])} of the control passages, "
                   + ("so part of both perplexities is recall of text it has "
                      "seen." if br["share_prefix_k"] > bc["share_prefix_k"] + 0.05
-                     else "so neither perplexity is lowered by recall of "
-                     "the addresses' exact words."))
+                     else "so this test finds no sign that recall of the "
+                     "addresses' exact words lowers either perplexity."))
     # Against the instructed base: clear of it, overlapping it, or above it.
     told_overlaps = not told_apart and f["ci_low"] <= told["ci_high"]
     told_text = "" if told is None else (
