@@ -38,6 +38,16 @@ def card_path(data_path: Path) -> Path:
     return (p if p.is_dir() else p.parent) / "README.md"
 
 
+# One BibTeX entry (group 1) and its key (group 2), up to the "}" that
+# opens a line; the blank lines after it go with it.
+BIB_ENTRY = re.compile(r"^(@\w+\{([^,\s]+),.*?^\})\n*", re.S | re.M)
+
+
+def bib_entries(text: str) -> list[tuple[str, str]]:
+    """(key, entry) of every BibTeX entry in `text`, in order."""
+    return [(m[2], m[1]) for m in BIB_ENTRY.finditer(text)]
+
+
 @dataclass
 class Card:
     path: Path
@@ -64,12 +74,11 @@ class Card:
 
     def bibtex(self) -> str:
         """The BibTeX entries of the card's Citation section ("" if none)."""
-        return "\n\n".join(m.strip() for m in re.findall(
-            r"^(@\w+\{.*?^\})", self.section("Citation"), re.S | re.M))
+        return "\n\n".join(e for _, e in bib_entries(self.section("Citation")))
 
     def citation_keys(self) -> list[str]:
         """The keys of those entries, in the card's order."""
-        return re.findall(r"^@\w+\{([^,\s]+),", self.bibtex(), re.M)
+        return [k for k, _ in bib_entries(self.section("Citation"))]
 
     def cite_sentence(self) -> str:
         """Chapter 1's sentence on how the data are cited (MyST)."""

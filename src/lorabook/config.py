@@ -42,10 +42,11 @@ class Config:
     group_column: str | None = "auto"
     min_samples: int = 1000               # the assignment's floor
     # Sizes of the seeded subset per split, at most: a smaller split is
-    # used whole; None means "all of the split" (the `full` preset). The default draws 1,024 passages (at least 1,000,
-    # the assignment's floor for a dataset, remain after the few whose
-    # prompt alone exceeds max_length are dropped: 128 batches of 8);
-    # validation and test keep fixed seeded subsets.
+    # used whole; None means "all of the split" (the `full` preset). The
+    # default draws 1,024 passages (at least 1,000, the assignment's floor
+    # for a dataset, remain after the few whose prompt alone exceeds
+    # max_length are dropped: 128 batches of 8); validation and test keep
+    # fixed seeded subsets.
     n_train: int | None = 1024
     n_val: int | None = 100
     n_test: int | None = 200
@@ -176,17 +177,19 @@ def data_digest(path: Path) -> str:
     file, or of every file of a saved datasets directory with its relative
     path. Cached while the files' sizes and modification times stay the
     same."""
+    is_dir = path.is_dir()
     try:
-        files = ([path] if not path.is_dir() else
+        files = ([path] if not is_dir else
                  sorted(f for f in path.rglob("*") if f.is_file()))
-        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        stats = [(str(f), st.st_size, st.st_mtime_ns)
+                 for f in files for st in (f.stat(),)]
     except OSError:
         return "missing"
     key = (str(path), tuple(stats))
     if key not in _DIGESTS:
         h = hashlib.sha256()
         for f in files:
-            if path.is_dir():
+            if is_dir:
                 h.update(f.relative_to(path).as_posix().encode() + b"\0")
             with open(f, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):

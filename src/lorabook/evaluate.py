@@ -431,7 +431,7 @@ def evaluate_run(cfg: Config, run: T.Run | None = None, *,
         result["style"] = style
     # The contamination check needs control texts that no model can have
     # seen, written for the corpus; data without them skip it.
-    control = D.corpus_for(splits["train"]).control
+    control = corpus.control
     if control:
         if verbose:
             print("Contamination check (greedy continuations of plain openings) ...",

@@ -71,6 +71,13 @@ def computed_checks(text: str, prompt: str, year: int | None) -> dict:
             "prompt words": shared}
 
 
+def criteria_for(cfg) -> dict:
+    """The reading criteria of the corpus of `cfg`'s data."""
+    from lorabook import data as D
+    from lorabook import preprocess as P
+    return D.corpus_for(P.config_samples(cfg)).reading_criteria
+
+
 def load_readings(path: str | Path, criteria: dict | None = None) -> list[dict]:
     """The readings file: a list of entries with id, system, sha256, one
     answer per criterion (`criteria`, default `CRITERIA`) and a `reading`
@@ -183,14 +190,12 @@ def _main() -> int:
     """List the shown generations of the book's run with their hashes and
     whether their reading is current (a starting point for the file)."""
     import json
-    from lorabook import data as D
-    from lorabook import preprocess as P
     from lorabook import train as T
     from lorabook.config import load_config, project_root
     cfg = load_config()
     path = T.run_dir(cfg) / "generations.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    criteria = D.corpus_for(P.config_samples(cfg)).reading_criteria
+    criteria = criteria_for(cfg)
     readings = load_readings(project_root() / READINGS_FILE, criteria)
     for r in records:
         for s in SYSTEMS:

@@ -107,7 +107,6 @@ def chapter_text(text: str, book_dir: Path) -> str:
     return _PATH_DIRECTIVE.sub(fix, text)
 
 
-_ENTRY = re.compile(r"^(@\w+\{([^,\s]+),.*?^\})\n*", re.S | re.M)
 _CITE = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")
 
 
@@ -118,11 +117,11 @@ def _bib_for(bib: str, chapters: list[str], card: C.Card | None) -> str:
     cited = {k.strip() for text in chapters for m in _CITE.finditer(text)
              for k in m[1].split(",")}
     card_keys = set(card.citation_keys()) if card is not None else set()
-    bib = _ENTRY.sub(lambda m: m[0] if m[2] in cited | card_keys else "", bib)
+    bib = C.BIB_ENTRY.sub(lambda m: m[0] if m[2] in cited | card_keys else "", bib)
     if card is None:
         return bib
-    have = {m[2] for m in _ENTRY.finditer(bib)}
-    extra = [m[1] for m in _ENTRY.finditer(card.bibtex()) if m[2] not in have]
+    have = {k for k, _ in C.bib_entries(bib)}
+    extra = [e for k, e in C.bib_entries(card.bibtex()) if k not in have]
     if not extra:
         return bib
     return (bib.rstrip("\n") + "\n\n% From the dataset card's Citation "

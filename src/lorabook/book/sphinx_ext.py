@@ -89,8 +89,6 @@ def reading_warning(root: Path) -> str:
     """The stale-reading warning of the book's run (`book.reading`), or ""
     when every shown generation has its reading or there is no run yet."""
     import json
-    from lorabook import data as D
-    from lorabook import preprocess as P
     from lorabook import train as T
     from lorabook.book import reading as R
     from lorabook.config import load_config
@@ -100,9 +98,8 @@ def reading_warning(root: Path) -> str:
         return ""
     records = [json.loads(line) for line in path.read_text().splitlines()]
     # The readings answer the criteria of the data's corpus (chapter 5).
-    criteria = D.corpus_for(P.config_samples(cfg)).reading_criteria
     return R.stale_warning(records, R.load_readings(root / R.READINGS_FILE,
-                                                    criteria))
+                                                    R.criteria_for(cfg)))
 
 
 def _build_finished(app, exc) -> None:

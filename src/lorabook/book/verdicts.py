@@ -178,8 +178,6 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
              "means the interval holds zero, and \u201cnot reached by "
              "fine-tuning\u201d that the fine-tuned model is at the target "
              "but the instructed base model is there too:", ""]
-    if not judged:
-        lines = [lines[0], ""]
     b, f = t["base"], t["finetuned"]
     told = t.get("base_instructed")
     apart = f["ci_high"] < b["ci_low"]
