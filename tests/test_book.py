@@ -80,6 +80,25 @@ def test_pdf_exists_with_figures(built):
     assert "<Figure size" not in tex
 
 
+def test_every_pdf_table_is_captioned(built):
+    """Each table of the PDF carries a numbered caption ("Table 2.1: ..."):
+    Sphinx sets it just before a tabular(y) and first thing in a
+    longtable."""
+    tex = (built / "latex" / "lorabook.tex").read_text()
+    tables = list(re.finditer(r"\\begin\{(tabulary|tabular|longtable)\}", tex))
+    assert tables
+    bare = []
+    for m in tables:
+        if m.group(1) == "longtable":
+            head = tex[m.end():m.end() + 1500].split("\\sphinxAtStartPar")[0]
+        else:
+            before = tex[max(0, m.start() - 1500):m.start()]
+            head = before[before.rfind("\\begin{savenotes}"):]
+        if not re.search(r"\\(sphinx)?caption\{", head):
+            bare.append(tex[m.start():m.start() + 300])
+    assert not bare, f"tables without a caption: {bare}"
+
+
 def test_pdf_length_and_no_blank_page(pages):
     assert len(pages) <= MAX_PAGES, f"{len(pages)} pages"
     for i, text in enumerate(pages, 1):

@@ -53,6 +53,24 @@ def test_long_table_may_break_across_pages():
     assert ":class: longtable" in text.splitlines()[1:3]
 
 
+def test_a_table_that_fits_a_page_is_kept_whole_and_a_taller_one_breaks():
+    short = report.table([dict(rule=f"r{i}", n=i) for i in range(20)],
+                         caption="Twenty one-line rows.").data
+    assert "longtable" not in short
+    # 14 rows whose text wraps to several lines in its 40% column: taller
+    # than a page.
+    tall = report.table([dict(a="x", b="word " * 60) for _ in range(14)],
+                        caption="Tall.", widths=(60, 40)).data
+    assert ":class: longtable" in tall.splitlines()
+
+
+def test_table_lines_counts_wrapped_cells_and_the_caption():
+    assert report.table_lines([["a", "b"], ["c", "d"]], None) == 3
+    # a 220-character cell in a column of half of 110 characters: 5 lines
+    assert report.table_lines([["h", "h"], ["x", "y" * 220]], None,
+                              caption="c" * 111) == 1 + 5 + 2 + 1
+
+
 def test_counts_get_thousands_separators_and_years_do_not():
     text = report.table([dict(passages=13400, year=1861, steps=96)]).data
     row = [c.strip() for c in text.splitlines()[2].split("|")[1:4]]

@@ -383,8 +383,9 @@ def evaluate_generations(model, tokenizer, cfg: Config, splits: dict,
 
 
 # Bumped when what evaluate_run computes changes, so a cached eval.json of
-# an older version is recomputed.
-EVAL_VERSION = 7
+# an older version is recomputed. (8: "nucleus sampling" renamed "sampling
+# at temperature 0.8", the same settings.)
+EVAL_VERSION = 8
 
 
 def evaluate_run(cfg: Config, run: T.Run | None = None, *,

@@ -124,8 +124,8 @@ def generate(model, tokenizer, prompts: list, *, max_new_tokens: int,
 DECODING_CANDIDATES = {
     "greedy": dict(do_sample=False),
     "greedy, no repeated 3-gram": dict(do_sample=False, no_repeat_ngram_size=3),
-    "nucleus sampling": dict(do_sample=True, temperature=0.8, top_p=0.95,
-                             seed=1234),
+    "sampling at temperature 0.8": dict(do_sample=True, temperature=0.8,
+                                        top_p=0.95, seed=1234),
     "sampling at temperature 1": dict(do_sample=True, temperature=1.0,
                                       top_p=0.95, seed=1234),
 }
@@ -135,7 +135,7 @@ DECODING_ALTERNATIVES = {k: v for k, v in DECODING_CANDIDATES.items()
                          if k != DECODING_NAME}
 # What the recipe sweep scores on every recipe.
 DECODINGS = {k: DECODING_CANDIDATES[k] for k in (
-    "greedy, no repeated 3-gram", "nucleus sampling",
+    "greedy, no repeated 3-gram", "sampling at temperature 0.8",
     "sampling at temperature 1")}
 
 

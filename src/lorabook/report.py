@@ -41,8 +41,26 @@ def setup() -> Config:
     return load_config()
 
 
-# A table of more rows than this may break across pages in the PDF.
-LONG_ROWS = 8
+# A table whose estimated height, in lines of the PDF's table text, is over
+# this may break across pages (a longtable, its header repeated); any other
+# table is kept whole on one page, moved to the next if it does not fit.
+PAGE_LINES = 40
+# Characters of table text across the PDF's text width (A4, Sphinx margins).
+LINE_CHARS = 110
+
+
+def table_lines(cells: list[list[str]], widths: tuple | None,
+                caption: str = "") -> int:
+    """Estimated height of a PDF table in lines: the caption, and each row
+    (the header included) as tall as its most wrapped cell, where a column
+    holds its share of `LINE_CHARS` (equal shares without `widths`)."""
+    import math
+    n = len(cells[0]) if cells else 1
+    shares = [w / sum(widths) for w in widths] if widths else [1 / n] * n
+    room = [max(4, int(LINE_CHARS * s) - 2) for s in shares]
+    rows = sum(max(math.ceil(len(c) / r) or 1 for c, r in zip(row, room))
+               for row in cells)
+    return rows + math.ceil(len(caption) / LINE_CHARS) + 1
 
 
 def table(rows, floatfmt: str = ".3f", index: bool = False,
@@ -60,8 +78,9 @@ def table(rows, floatfmt: str = ".3f", index: bool = False,
     in `code` are set as inline code (identifiers: never hyphenated in the
     PDF). `widths` (percentages, one per column) fixes the PDF's column
     widths, ragged right, where LaTeX's own choice would split a word.
-    `long` lets the PDF break the table across pages (a longtable), so
-    that a long table does not leave the page before it half empty.
+    A table is kept whole on one page of the PDF unless its estimated
+    height (`table_lines`) is more than a page's; `long` lets it break
+    across pages anyway (a longtable, its header repeated).
     """
     import pandas as pd
     from IPython.display import Markdown
@@ -87,6 +106,12 @@ def table(rows, floatfmt: str = ".3f", index: bool = False,
             align.append("left")
     if index:
         align.insert(0, "left")
+    if not long:
+        cells = [[str(c) for c in df.columns]] + df.astype(str).values.tolist()
+        if index:
+            cells = [[""] + cells[0]] + [[str(i)] + r for i, r in
+                                         zip(df.index, cells[1:])]
+        long = table_lines(cells, widths, caption or "") > PAGE_LINES
     # Column names are read as words: "stopped_at_EOS" -> "stopped at EOS".
     df.columns = [str(c).replace("_", " ") for c in df.columns]
     # Cells are formatted here: tabulate must not re-parse strings such as
@@ -102,7 +127,7 @@ def table(rows, floatfmt: str = ".3f", index: bool = False,
     # A colon fence: a notebook viewer that knows no MyST still shows the
     # table (with the directive's lines as text around it).
     head = (f":::{{table}} {caption}\n" + (f":name: {name}\n" if name else "")
-            + (":class: longtable\n" if long or len(df) > LONG_ROWS else ""))
+            + (":class: longtable\n" if long else ""))
     spec = ""
     if widths is not None:
         total = sum(widths)

@@ -30,7 +30,7 @@ def quantization_cost(cfg: Config, dataset, tokenizer, steps: int = 2) -> list[d
     variants = [(False, None, "fp32")]
     if M.device().type == "cpu":
         variants += [(True, "bitsandbytes", "8-bit, bitsandbytes' product"),
-                     (True, "int8cpu", "8-bit, lorabook's CPU product")]
+                     (True, "int8cpu", "8-bit, my CPU product")]
     else:
         variants += [(True, "bitsandbytes", "8-bit, bitsandbytes")]
     for quantize, backend, name in variants:

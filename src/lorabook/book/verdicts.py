@@ -71,6 +71,26 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
     d = r["decodings"].get(decoding)
     if d is None:
         return " ".join(out)
+    close = [n for n, v in recipes.items() if n != chosen
+             and abs(v["best_val_loss"] - r["best_val_loss"]) < 0.02
+             and decoding in v["decodings"]]
+    for n in close:
+        o = recipes[n]["decodings"][decoding]
+        ahead = nearer_on(d, o)
+        out.append(
+            f"Against “{n}”, with {decoding}, its generations are "
+            + (f"nearer the real text on "
+               f"{'all three measures' if len(ahead) == 3 else ' and '.join(ahead)}"
+               f" ({pct(d['era_balanced'])} against {pct(o['era_balanced'])} "
+               f"on the era, {pct(d['we_share'])} against {pct(o['we_share'])} "
+               f"in the first person plural, {fmt(d['mean_words'])} against "
+               f"{fmt(o['mean_words'])} words; real: "
+               f"{pct(d['real_we_share'])}, {fmt(d['real_mean_words'])} words)"
+               + (", so the generations favour it too." if len(ahead) >= 2 else
+                  ", but not on the other two measures, so the choice "
+                  "between them is close to a toss-up.")
+               if ahead else "nowhere nearer the real text, so I kept it "
+               "for its loss alone, a margin that does not rank them."))
     out.append(paired_verdict(
         d["era_diff"], d["era_ci"],
         f"On the era judge it beats the instructed base model "
@@ -105,9 +125,9 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
         better = nearer_on(o, d)
         worse = [m for m in ("era", "voice", "length") if m not in better]
         ahead_of_all &= len(worse) >= 2
-        scores.append(f"with {name} {pct(o['era_balanced'])} on the era, "
-                      f"{pct(o['we_share'])} in the first person and "
-                      f"{fmt(o['mean_words'])} words")
+        scores.append(f"with {name}, {pct(o['era_balanced'])} on the era, "
+                      f"{pct(o['we_share'])} of texts in the first person "
+                      f"plural and {fmt(o['mean_words'])} words")
         verdicts.append(
             f"nowhere nearer the real text than {decoding}" if not better
             else f"nearer the real text than {decoding} on all three "
@@ -116,7 +136,7 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
             f"{' and '.join(worse)}")
     if others:
         out.append(
-            "The same adapter scores " + "; ".join(scores)
+            "Decoded otherwise, the same adapter scores " + "; ".join(scores)
             + f" (with {decoding}: {fmt(d['mean_words'])} words; real: "
             f"{fmt(d['real_mean_words'])}). "
             + (("Each is " if len(others) > 1 else "It is ") + verdicts[0] + "."
@@ -176,8 +196,10 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
              "the paired 95% interval of its gain over the instructed base "
              "model lies above zero (voice, era); \u201cnot shown\u201d "
              "means the interval holds zero, and \u201cnot reached by "
-             "fine-tuning\u201d that the fine-tuned model is at the target "
-             "but the instructed base model is there too:", ""]
+             "fine-tuning\u201d that the fine-tuned model is near the real text "
+             f"(for the voice: its share of \u201cwe\u201d within "
+             f"{100 * SHARE_MATCH:.0f} points of the real share) but the "
+             "instructed base model is as near:", ""]
     b, f = t["base"], t["finetuned"]
     told = t.get("base_instructed")
     apart = f["ci_high"] < b["ci_low"]
@@ -225,12 +247,13 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
             "Voice", True if pw["ci_low"] > 0 else "base" if matches else
             "unshown" if pw["ci_high"] >= 0 else False,
             f"{pct(pw['a'])} of the fine-tuned continuations speak as "
-            f"\u201cwe\u201d or \u201cour\u201d, against {pct(pw['real'])} of "
+            f"\u201cwe\u201d, \u201cour\u201d or \u201cus\u201d, against {pct(pw['real'])} of "
             f"the real ones and {pct(pw['b'])} of the instructed base "
             "model's. "
             + (f"Fine-tuning brought the share closer to the real one "
                f"({interval})." if pw["ci_low"] > 0 else
-               f"The share matches the real one, but the instructed base "
+               f"The share is within {100 * SHARE_MATCH:.0f} points of the real one, "
+               f"but the instructed base "
                f"model's is as close, so this is not shown to come from "
                f"fine-tuning ({interval})." if matches else
                f"The share is not reliably closer to the real one than the "
@@ -332,7 +355,8 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
         + (f"I trained on {metrics['n_train']:,} of the training "
            f"split's {w} for {metrics['epochs']} epochs; training on all "
            f"of them and scoring every validation and test {corpus.sample_word} "
-           "is the next step, meant for a GPU (the full preset), not run here. "
+           "is the next step, meant for a GPU (a setting of my configuration "
+           "that I did not run here). "
            if whole_train is None or metrics["n_train"] < whole_train else
            f"I trained on the whole training split ({metrics['n_train']:,} {w}) "
            f"for {metrics['epochs']} epochs; more data of this kind is the "
