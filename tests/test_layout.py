@@ -78,11 +78,13 @@ def test_module_sizes():
     corpus plug-in took the book's corpus-specific words, reading criteria
     and control texts, and the card its citations; 4,100 before the
     config's instruction, the digest of a saved datasets directory and the
-    Trainer's machine settings as one helper, device_arguments)."""
+    Trainer's machine settings as one helper, device_arguments; 4,150
+    before report.table kept a table whole unless its estimated height,
+    table_lines, is over a page)."""
     sizes = {m: len(p.read_text().splitlines()) for m, p in _modules().items()}
     assert max(sizes.values()) <= 500, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
     top = sum(n for m, n in sizes.items() if "." not in m)
-    assert top <= 4150, top
+    assert top <= 4200, top
 
 
 def test_speed_layer_off_trains_with_plain_peft_trainer_and_bitsandbytes(

@@ -107,10 +107,8 @@ def table(rows, floatfmt: str = ".3f", index: bool = False,
     if index:
         align.insert(0, "left")
     if not long:
-        cells = [[str(c) for c in df.columns]] + df.astype(str).values.tolist()
-        if index:
-            cells = [[""] + cells[0]] + [[str(i)] + r for i, r in
-                                         zip(df.index, cells[1:])]
+        shown = df.reset_index() if index else df
+        cells = [list(map(str, shown.columns))] + shown.astype(str).values.tolist()
         long = table_lines(cells, widths, caption or "") > PAGE_LINES
     # Column names are read as words: "stopped_at_EOS" -> "stopped at EOS".
     df.columns = [str(c).replace("_", " ") for c in df.columns]
