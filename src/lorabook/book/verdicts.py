@@ -335,7 +335,9 @@ def conclusion(res: dict, metrics: dict, rs: dict | None,
             helps.append(
                 "more epochs show no sign of helping at the rates tried: "
                 "the validation loss at the epoch ends was lowest before "
-                "the last epoch with " + " and ".join(rising))
+                "the last epoch with " + " and ".join(rising)
+                + " (epochs within one run, whose learning rate decays to "
+                "zero; I trained no run longer than three epochs)")
         if falling:
             helps.append(
                 "more epochs may help with " + " and ".join(falling)
