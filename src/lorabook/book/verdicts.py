@@ -30,6 +30,11 @@ def nearer_on(o: dict, d: dict) -> list[str]:
         ("length", gap(o, "mean_words") < gap(d, "mean_words"))) if yes]
 
 
+# Validation losses of the recipe sweep (one seed per recipe) closer than
+# this do not rank two recipes.
+LOSS_TIE = 0.02
+
+
 def _recipe_matches(fields: dict, cfg) -> bool:
     for k, v in fields.items():
         mine = getattr(cfg, k)
@@ -63,7 +68,7 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
                       else f"the lowest of the {len(recipes)} recipes tried")
                    + (f", by {min(gaps):.3f} (one seed per recipe, so a "
                       "margin this small does not rank them)"
-                      if gaps and min(gaps) < 0.02 else "") + ".")
+                      if gaps and min(gaps) < LOSS_TIE else "") + ".")
     else:
         out.append(f"Its validation loss, {fmt(r['best_val_loss'], 4)}, is "
                    f"{fmt(r['best_val_loss'] - recipes[lowest]['best_val_loss'], 2)}"
@@ -72,7 +77,7 @@ def recipe_verdict(rs: dict, cfg, decoding: str | None = None) -> str:
     if d is None:
         return " ".join(out)
     close = [n for n, v in recipes.items() if n != chosen
-             and abs(v["best_val_loss"] - r["best_val_loss"]) < 0.02
+             and abs(v["best_val_loss"] - r["best_val_loss"]) < LOSS_TIE
              and decoding in v["decodings"]]
     for n in close:
         o = recipes[n]["decodings"][decoding]
